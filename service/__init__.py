@@ -1,0 +1,1 @@
+"""discoseg service: the FastAPI inference and annotation-assist API and batch jobs."""

@@ -1,0 +1,1 @@
+"""discoseg training: datasets, the alternating DISCO trainer, evaluation and the CLI."""

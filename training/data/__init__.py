@@ -1,0 +1,1 @@
+"""Datasets: COCO-format files, Pascal VOC / SBD folders and the synthetic generator."""
