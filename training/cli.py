@@ -2,6 +2,8 @@
 
 import typer
 
+from training.make_data_command import make_data
+
 app = typer.Typer(
     name="discoseg",
     help="Weakly supervised instance segmentation: learn instance masks from tags or boxes.",
@@ -14,6 +16,8 @@ app = typer.Typer(
 def main() -> None:
     """discoseg: learn annotation consistent instances from image tags or boxes."""
 
+
+app.command("make-data")(make_data)
 
 if __name__ == "__main__":
     app()

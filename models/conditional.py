@@ -1,0 +1,226 @@
+"""The conditional network Pr_c(y | x, a; θc) (DESIGN section 3).
+
+A U-Net trunk runs once per image. For sample k a noise channel z_k joins the trunk features
+and a 1x1 conv + ReLU maps them to G_k; every proposal pools G_k by its area-normalised mask,
+all K samples in one matmul; the pooled features, concatenated with the proposal's own
+descriptors, are scored for C+1 classes by a small MLP (applied after pooling, where the
+seed's 1x1 conv to classes commutes with it) and refined by the boundary-aware pairwise term.
+Annotation-consistent inference turns each sample's scores into an instance segmentation.
+
+Two choices of ours, both for cost and diversity on a CPU: the trunk's features are pooled on a
+grid of stride `pool_stride` (masks weigh each cell by the share of it they cover), and z_k is
+drawn uniform in [-1, 1] on a coarse `noise_grid` and upsampled bilinearly, so it varies
+smoothly: i.i.d. per-pixel noise would average out inside any large proposal.
+"""
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from models.annotations import Annotation, BoxAnnotation
+from models.candidates import Candidates, box_candidates, tag_candidates, with_box_rectangles
+from models.descriptors import DESCRIPTOR_SIZE, proposal_descriptors, working_copy
+from models.inference import InferenceConfig, consistent_argmax, to_instances
+from models.pairwise import proposal_affinity, refine_scores
+from models.structures import InstanceSet
+from models.unet import UNet
+
+IMAGE_MEAN = (0.485, 0.456, 0.406)
+IMAGE_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class ConditionalConfig:
+    """Architecture and inference settings of the conditional network."""
+
+    trunk_widths: tuple[int, ...] = (16, 32, 64, 128)
+    feature_channels: int = 32
+    hidden_channels: int = 128
+    pool_stride: int = 4
+    noise_grid: int = 8
+    descriptor_size: int = 64
+    pairwise_weight: float = 0.5
+    pairwise_rounds: int = 2
+    edge_scale: float = 0.25
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ConditionalConfig":
+        values = dict(values)
+        values["trunk_widths"] = tuple(values["trunk_widths"])
+        values["inference"] = InferenceConfig(**values["inference"])
+        return cls(**values)
+
+
+@dataclass(frozen=True)
+class ProposalContext:
+    """What the network needs of an image's proposals; no parameters involved, so it can be
+    computed once per image and cached.
+
+    pooling: FloatTensor[P, h * w], each row a proposal's coverage of the pooling grid, summing
+        to 1 (h, w = the image size divided by pool_stride, rounded up).
+    descriptors: FloatTensor[P, DESCRIPTOR_SIZE].
+    affinity: FloatTensor[P, P] row-normalised pairwise weights.
+    """
+
+    pooling: Tensor
+    descriptors: Tensor
+    affinity: Tensor
+
+    def __len__(self) -> int:
+        return int(self.pooling.shape[0])
+
+
+def pooling_grid(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
+    return (-(-image_size[0] // stride), -(-image_size[1] // stride))
+
+
+def as_image_tensor(image: np.ndarray | Tensor) -> Tensor:
+    """An HxWx3 uint8 array, or a FloatTensor[3, H, W] in [0, 1], as FloatTensor[3, H, W]."""
+    if isinstance(image, Tensor) and image.is_floating_point():
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
+        return image
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
+        raise ValueError(f"image must be an HxWx3 uint8 array, got {array.dtype} {array.shape}")
+    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
+
+
+@torch.no_grad()
+def describe_proposals(
+    image: Tensor, proposals: Tensor, config: ConditionalConfig
+) -> ProposalContext:
+    """image: FloatTensor[3, H, W] in [0, 1]; proposals: BoolTensor[P, H, W]."""
+    if proposals.ndim != 3 or proposals.shape[-2:] != image.shape[-2:]:
+        raise ValueError(
+            f"proposals must be (P, H, W) with the image's size {tuple(image.shape[-2:])}, "
+            f"got {tuple(proposals.shape)}"
+        )
+    if proposals.shape[0] == 0 or not proposals.flatten(1).any(1).all():
+        raise ValueError("proposals must be non-empty masks, at least one")
+    grid = pooling_grid(tuple(image.shape[-2:]), config.pool_stride)
+    coverage = F.interpolate(proposals[:, None].float(), size=grid, mode="area").flatten(1)
+    copy = working_copy(image, proposals, work_size=config.descriptor_size)
+    return ProposalContext(
+        pooling=coverage / coverage.sum(dim=1, keepdim=True),
+        descriptors=proposal_descriptors(copy),
+        affinity=proposal_affinity(copy, config.edge_scale),
+    )
+
+
+class ConditionalNet(nn.Module):
+    """Scores K noise samples of (proposal, class) pairs; samples consistent outputs."""
+
+    def __init__(self, num_classes: int, config: ConditionalConfig | None = None) -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.config = config or ConditionalConfig()
+        c = self.config
+        self.trunk = UNet(3, c.trunk_widths)
+        self.noise_projection = nn.Conv2d(c.trunk_widths[0] + 1, c.feature_channels, 1)
+        self.descriptor_norm = nn.LayerNorm(DESCRIPTOR_SIZE)
+        self.head = nn.Sequential(
+            nn.Linear(c.feature_channels + DESCRIPTOR_SIZE, c.hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.hidden_channels, c.hidden_channels),
+            nn.ReLU(inplace=True),
+            nn.Linear(c.hidden_channels, num_classes + 1),
+        )
+        self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN)[:, None, None])
+        self.register_buffer("image_std", torch.tensor(IMAGE_STD)[:, None, None])
+
+    def trunk_features(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
+        """image: FloatTensor[3, H, W] in [0, 1] -> FloatTensor[C_t, h, w] on the pooling grid."""
+        features = self.trunk(((image - self.image_mean) / self.image_std)[None])
+        return F.interpolate(features, size=grid, mode="area")[0]
+
+    def draw_noise(
+        self, k: int, grid: tuple[int, int], generator: torch.Generator | None = None
+    ) -> Tensor:
+        """FloatTensor[K, 1, h, w]: uniform [-1, 1] on a coarse grid, upsampled bilinearly."""
+        coarse = torch.rand(
+            (k, 1, self.config.noise_grid, self.config.noise_grid), generator=generator
+        )
+        coarse = coarse.to(self.image_mean.device) * 2 - 1
+        return F.interpolate(coarse, size=grid, mode="bilinear", align_corners=True)
+
+    def score(self, features: Tensor, context: ProposalContext, noise: Tensor) -> Tensor:
+        """Scores of every proposal and class under each noise sample.
+
+        features: FloatTensor[C_t, h, w]; noise: FloatTensor[K, 1, h, w].
+        Returns FloatTensor[K, P, C+1].
+        """
+        k = noise.shape[0]
+        stacked = torch.cat([features.expand(k, -1, -1, -1), noise], dim=1)
+        sampled = F.relu(self.noise_projection(stacked))  # (K, F, h, w)
+        channels = sampled.shape[1]
+        pooled = context.pooling @ sampled.flatten(2).permute(2, 0, 1).reshape(-1, k * channels)
+        pooled = pooled.reshape(-1, k, channels).transpose(0, 1)  # (K, P, F)
+        descriptors = self.descriptor_norm(context.descriptors).expand(k, -1, -1)
+        scores = self.head(torch.cat([pooled, descriptors], dim=2))  # (K, P, C+1)
+        c = self.config
+        return refine_scores(scores, context.affinity, c.pairwise_weight, c.pairwise_rounds)
+
+    def forward(
+        self,
+        image: Tensor,
+        context: ProposalContext,
+        k: int,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """image: FloatTensor[3, H, W] in [0, 1] -> FloatTensor[K, P, C+1] scores."""
+        grid = pooling_grid(tuple(image.shape[-2:]), self.config.pool_stride)
+        features = self.trunk_features(image, grid)
+        return self.score(features, context, self.draw_noise(k, grid, generator))
+
+    def candidates(self, proposals: Tensor, annotation: Annotation) -> Candidates:
+        if isinstance(annotation, BoxAnnotation):
+            return box_candidates(proposals, annotation, self.config.inference.box_iou_threshold)
+        return tag_candidates(proposals)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        image: np.ndarray | Tensor,
+        proposals: Tensor,
+        annotation: Annotation,
+        k: int,
+        generator: torch.Generator | None = None,
+    ) -> list[InstanceSet]:
+        """K instance segmentations of the image, each consistent with the annotation.
+
+        image: HxWx3 uint8 array or FloatTensor[3, H, W] in [0, 1]; proposals: BoolTensor[P, H,
+        W]. For boxes, each box's filled rectangle joins the proposals when missing, so a
+        consistent output always exists. Raises ValueError for an invalid annotation.
+        """
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        image = as_image_tensor(image).to(self.image_mean.device)
+        size = tuple(image.shape[-2:])
+        if isinstance(annotation, BoxAnnotation):
+            annotation.validate(self.num_classes, size)
+            proposals = with_box_rectangles(proposals, annotation)
+        else:
+            annotation.validate(self.num_classes)
+        context = describe_proposals(image.cpu(), proposals.cpu(), self.config)
+        scores = self(image, _to(context, image.device), k, generator).cpu()
+        candidates = self.candidates(proposals.cpu(), annotation)
+        return [
+            to_instances(
+                consistent_argmax(s, candidates, annotation, self.config.inference), candidates, s
+            )
+            for s in scores
+        ]
+
+
+def _to(context: ProposalContext, device: torch.device) -> ProposalContext:
+    return ProposalContext(
+        *(t.to(device) for t in (context.pooling, context.descriptors, context.affinity))
+    )

@@ -1,0 +1,70 @@
+"""The task loss Δ between two instance segmentations (DESIGN section 4) and batched IoUs.
+
+Δ mirrors Mask R-CNN's multi-task loss: Δ = Δ_cls + Δ_box + Δ_mask. Each instance is matched
+to the instance of the other output with the highest mask IoU; a match with IoU 0 (or no
+instance at all) counts as a full mismatch, 1 per term. Each term is averaged over the
+instances of one output, and the two directions are averaged, so Δ is symmetric, 0 when the
+outputs agree and at most 3.
+"""
+
+import torch
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from models.structures import InstanceSet
+
+
+def mask_iou(masks1: Tensor, masks2: Tensor) -> Tensor:
+    """IoU of every pair of masks as one matrix product.
+
+    masks1: Tensor[N, H, W] (bool or fractional), masks2: Tensor[M, H, W].
+    Returns FloatTensor[N, M]; pairs of two empty masks have IoU 0.
+    """
+    a = masks1.flatten(1).float()
+    b = masks2.flatten(1).float()
+    intersection = a @ b.T  # (N, M)
+    union = a.sum(1)[:, None] + b.sum(1)[None, :] - intersection
+    return torch.where(union > 0, intersection / union.clamp(min=1e-9), torch.zeros(()))
+
+
+def match_costs(
+    labels1: Tensor, boxes1: Tensor, labels2: Tensor, boxes2: Tensor, ious: Tensor
+) -> Tensor:
+    """Per instance of output 1, the cost of its best (highest mask IoU) match in output 2.
+
+    labels*: Int64Tensor[N] / [M]; boxes*: FloatTensor[N, 4] / [M, 4]; ious: FloatTensor[N, M].
+    Returns FloatTensor[N, 3]: the class, box and mask terms (each in [0, 1]).
+    """
+    n = labels1.numel()
+    if ious.shape[1] == 0:
+        return torch.ones((n, 3))
+    best_iou, best = ious.max(dim=1)
+    matched = best_iou > 0
+    class_term = (labels1 != labels2[best]).float()
+    box_term = 1 - box_iou(boxes1, boxes2).gather(1, best[:, None]).squeeze(1)
+    mask_term = 1 - best_iou
+    costs = torch.stack([class_term, box_term, mask_term], dim=1)
+    return torch.where(matched[:, None], costs, torch.ones(()))
+
+
+def delta_terms(y1: InstanceSet, y2: InstanceSet) -> dict[str, Tensor]:
+    """Δ_cls, Δ_box and Δ_mask between two instance sets of one image (0-dim tensors)."""
+    if len(y1) == 0 and len(y2) == 0:
+        zero = torch.zeros(())
+        return {"cls": zero, "box": zero, "mask": zero}
+    ious = mask_iou(y1.masks, y2.masks)
+    boxes1, boxes2 = y1.boxes, y2.boxes
+    forward = _direction_mean(match_costs(y1.labels, boxes1, y2.labels, boxes2, ious))
+    backward = _direction_mean(match_costs(y2.labels, boxes2, y1.labels, boxes1, ious.T))
+    terms = (forward + backward) / 2
+    return {"cls": terms[0], "box": terms[1], "mask": terms[2]}
+
+
+def _direction_mean(costs: Tensor) -> Tensor:
+    # An empty side has no counterpart for any instance of the other side: a full mismatch.
+    return costs.mean(dim=0) if costs.shape[0] else torch.ones(3)
+
+
+def delta(y1: InstanceSet, y2: InstanceSet) -> Tensor:
+    """Δ(y1, y2) = Δ_cls + Δ_box + Δ_mask, a 0-dim FloatTensor in [0, 3]."""
+    return sum(delta_terms(y1, y2).values())

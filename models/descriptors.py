@@ -1,0 +1,128 @@
+"""Descriptors of the segment proposals themselves, independent of the noise sample.
+
+They carry what a CNN trained from scratch on a few hundred images does not: the proposal's
+shape on a small grid, its size and place, colour statistics inside it against a ring around
+it, and an objectness cue (edge strength along its contour against inside it). All are computed
+once per image on a copy whose longer side is `work_size` pixels.
+"""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torchvision.ops import roi_align
+
+from models.structures import mask_boxes
+
+SHAPE_GRID = 6
+DESCRIPTOR_SIZE = SHAPE_GRID * SHAPE_GRID + 21
+
+
+@dataclass(frozen=True)
+class WorkingCopy:
+    """The image and proposals at working resolution (h, w).
+
+    image: FloatTensor[3, h, w] in [0, 1]; masks: FloatTensor[P, h, w] pixel coverage in
+    [0, 1]; edges: FloatTensor[h, w] gradient magnitude scaled to [0, 1].
+    """
+
+    image: Tensor
+    masks: Tensor
+    edges: Tensor
+
+
+def working_copy(image: Tensor, proposals: Tensor, work_size: int) -> WorkingCopy:
+    """Downscale (area averaging) so the longer side is at most work_size.
+
+    image: FloatTensor[3, H, W] in [0, 1]; proposals: BoolTensor[P, H, W].
+    """
+    height, width = image.shape[-2:]
+    scale = min(1.0, work_size / max(height, width))
+    size = (max(1, round(height * scale)), max(1, round(width * scale)))
+    small = F.interpolate(image[None], size=size, mode="area")[0]
+    masks = F.interpolate(proposals[:, None].float(), size=size, mode="area")[:, 0]
+    return WorkingCopy(image=small, masks=masks, edges=edge_strength(small))
+
+
+def edge_strength(image: Tensor) -> Tensor:
+    """Sobel gradient magnitude of the grey image, divided by its 99th percentile, clipped to 1.
+
+    image: FloatTensor[3, h, w] -> FloatTensor[h, w].
+    """
+    grey = image.mean(dim=0)[None, None]
+    sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
+    kernels = torch.stack([sobel_x, sobel_x.T])[:, None]
+    gradients = F.conv2d(F.pad(grey, (1, 1, 1, 1), mode="replicate"), kernels)[0]
+    magnitude = gradients.pow(2).sum(dim=0).sqrt()
+    scale = torch.quantile(magnitude.flatten(), 0.99).clamp(min=1e-6)
+    return (magnitude / scale).clamp(max=1.0)
+
+
+def dilate(masks: Tensor, radius: int = 1) -> Tensor:
+    """Binary dilation with a square of side 2 * radius + 1. masks: Tensor[P, h, w] in {0, 1}."""
+    return F.max_pool2d(masks[:, None], 2 * radius + 1, stride=1, padding=radius)[:, 0]
+
+
+def erode(masks: Tensor, radius: int = 1) -> Tensor:
+    return 1 - dilate(1 - masks, radius)
+
+
+def _weighted_mean(weights: Tensor, values: Tensor) -> Tensor:
+    """weights: [P, N], values: [N, D] -> [P, D] weighted means (0 where a weight row is 0)."""
+    return (weights @ values) / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)
+
+
+@torch.no_grad()
+def proposal_descriptors(copy: WorkingCopy) -> Tensor:
+    """FloatTensor[P, DESCRIPTOR_SIZE]: shape grid, geometry, colour and edge statistics."""
+    masks = copy.masks
+    num, height, width = masks.shape
+    inside = (masks >= 0.5).float()
+    inside = torch.where(inside.flatten(1).any(1)[:, None, None], inside, (masks > 0).float())
+    boxes = mask_boxes(inside.bool())  # (P, 4) x0, y0, x1, y1 at working resolution
+    shape = roi_align(
+        masks[:, None], [b[None] for b in boxes], output_size=SHAPE_GRID, aligned=True
+    ).flatten(1)  # (P, grid * grid)
+
+    size = torch.tensor([width, height, width, height], dtype=torch.float32)
+    box_wh = (boxes[:, 2:] - boxes[:, :2]).clamp(min=1.0)
+    area = masks.flatten(1).sum(1)
+    geometry = torch.stack(
+        [
+            (area / (height * width)).sqrt(),
+            area / box_wh.prod(dim=1),
+            (box_wh[:, 0] / box_wh[:, 1]).log() / 2,
+        ],
+        dim=1,
+    )
+
+    pixels = copy.image.flatten(1).T  # (h * w, 3)
+    flat = masks.flatten(1)
+    ring = (dilate(inside, 2) - inside).flatten(1)
+    contour = (inside - erode(inside)).flatten(1)
+    mean = _weighted_mean(flat, pixels)
+    std = (_weighted_mean(flat, pixels.pow(2)) - mean.pow(2)).clamp(min=0).sqrt()
+    ring_mean = _weighted_mean(ring, pixels)
+    contrast = (mean - ring_mean).norm(dim=1, keepdim=True)
+    edges = copy.edges.flatten()[:, None]
+    contour_edge = _weighted_mean(contour, edges)
+    interior_edge = _weighted_mean(flat - contour * flat, edges)
+    ring_edge = _weighted_mean(ring, edges)
+    objectness = contour_edge - torch.maximum(interior_edge, ring_edge)
+    return torch.cat(
+        [
+            shape,
+            boxes / size,
+            geometry,
+            mean,
+            std,
+            ring_mean,
+            contrast,
+            contour_edge,
+            interior_edge,
+            ring_edge,
+            objectness,
+        ],
+        dim=1,
+    )

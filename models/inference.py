@@ -1,0 +1,196 @@
+"""Annotation-consistent inference: argmax and loss-augmented argmax (DESIGN section 3).
+
+Scores are per proposal and class, FloatTensor[P, C+1] with column 0 the background. An output
+is a `Selection` of candidates (see `models.candidates`) with a class each; its score is the
+sum over selected (candidate, class) pairs of the margin s[i, c] - s[i, bg] (the sum of
+s[i, bg] over all proposals is common to every output and dropped).
+
+- tags: each tagged class first takes its best candidate, then candidates are added greedily
+  by margin while it is positive; a candidate that overlaps a chosen one beyond τ_overlap
+  (intersection over the smaller mask) is skipped. The greedy is an approximation of the
+  argmax of the score under the non-overlap constraint.
+- boxes: one candidate per box with the box's class, assigned by maximum-weight matching
+  (Hungarian) so that no proposal serves two boxes. Instances of boxes that overlap may
+  overlap inside the shared part of their boxes: the annotation itself says they do.
+
+Loss-augmented inference adds to each margin δ_q(c), what choosing candidate q with class c
+adds to Δ against a reference output: the class, box and mask terms of Δ against its
+best-matching reference instance (3 when none overlaps it). This is the per-instance
+decomposition of Δ, again an approximation of the exact loss-augmented argmax.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor
+from torchvision.ops import box_iou
+
+from models.annotations import Annotation, BoxAnnotation, TagAnnotation
+from models.candidates import Candidates
+from models.delta import mask_iou
+from models.structures import InstanceSet
+
+_FORBIDDEN = 1e9
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """overlap_threshold: τ_overlap on intersection over the smaller mask (tags).
+    box_iou_threshold: τ_box, the least IoU of an instance's tight box with its box."""
+
+    overlap_threshold: float = 0.2
+    box_iou_threshold: float = 0.5
+
+
+@dataclass(frozen=True)
+class Selection:
+    """An output as candidates: candidate_ids Int64Tensor[N], labels Int64Tensor[N] in 1..C."""
+
+    candidate_ids: Tensor
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+
+def candidate_margins(scores: Tensor, candidates: Candidates) -> Tensor:
+    """FloatTensor[Q, C+1]: s[i, c] - s[i, bg] for the proposal i of each candidate."""
+    rows = scores[candidates.proposal_ids]
+    return rows - rows[:, :1]
+
+
+def selection_score(margins: Tensor, selection: Selection) -> Tensor:
+    """The structured score S(y) of a selection: the sum of its margins (0-dim, differentiable)."""
+    return margins[selection.candidate_ids, selection.labels].sum()
+
+
+@torch.no_grad()
+def consistent_argmax(
+    scores: Tensor,
+    candidates: Candidates,
+    annotation: Annotation,
+    config: InferenceConfig,
+    augmentation: Tensor | None = None,
+) -> Selection:
+    """argmax_y S(y) (+ Σ δ when `augmentation`, FloatTensor[Q, C+1], is given) over the
+    outputs consistent with the annotation. scores: FloatTensor[P, C+1]."""
+    margins = candidate_margins(scores.detach().float(), candidates)
+    if augmentation is not None:
+        margins = margins + augmentation
+    if isinstance(annotation, TagAnnotation):
+        return tag_argmax(margins, candidates, annotation, config.overlap_threshold)
+    return box_argmax(margins, candidates, annotation)
+
+
+def tag_argmax(
+    margins: Tensor, candidates: Candidates, tags: TagAnnotation, overlap_threshold: float
+) -> Selection:
+    """Greedy consistent argmax for tags. margins: FloatTensor[Q, C+1].
+
+    Raises ValueError when some tagged class finds no candidate free of overlap.
+    """
+    labels = np.asarray(tags.labels, dtype=np.int64)
+    if labels.size == 0:
+        return _selection([], [])
+    tag_margins = margins[:, labels].numpy()  # (Q, T)
+    conflicts = (candidates.overlap > overlap_threshold).numpy()
+    np.fill_diagonal(conflicts, True)
+    blocked = np.zeros(len(candidates), dtype=bool)
+    chosen, chosen_labels = [], []
+
+    def take(q: int, label: int) -> None:
+        chosen.append(q)
+        chosen_labels.append(label)
+        blocked[:] |= conflicts[q]
+
+    for t in np.argsort(-tag_margins.max(axis=0), kind="stable"):
+        column = np.where(blocked, -np.inf, tag_margins[:, t])
+        q = int(column.argmax())
+        if not np.isfinite(column[q]):
+            raise ValueError(
+                f"no proposal free of overlap is left for tagged class {int(labels[t])}"
+            )
+        take(q, int(labels[t]))
+
+    best = tag_margins.argmax(axis=1)
+    best_margin = tag_margins[np.arange(len(best)), best]
+    for q in np.argsort(-best_margin, kind="stable"):
+        if best_margin[q] <= 0:
+            break
+        if not blocked[q]:
+            take(int(q), int(labels[best[q]]))
+    return _selection(chosen, chosen_labels)
+
+
+def box_argmax(margins: Tensor, candidates: Candidates, boxes: BoxAnnotation) -> Selection:
+    """Maximum-weight matching of boxes to proposals. margins: FloatTensor[Q, C+1].
+
+    Raises ValueError when no assignment gives every box a distinct proposal that fits it.
+    """
+    num_boxes = len(boxes)
+    if num_boxes == 0:
+        return _selection([], [])
+    proposal_ids = candidates.proposal_ids
+    num_proposals = int(proposal_ids.max()) + 1 if len(candidates) else 0
+    candidate_of = np.full((num_boxes, num_proposals), -1, dtype=np.int64)
+    candidate_of[candidates.box_ids.numpy(), proposal_ids.numpy()] = np.arange(len(candidates))
+    box_labels = boxes.labels.numpy()
+    weights = margins.numpy()[:, box_labels].T  # (B, Q): margin for each box's class
+    cost = np.full(candidate_of.shape, _FORBIDDEN)
+    allowed = candidate_of >= 0
+    cost[allowed] = -np.take_along_axis(weights, np.maximum(candidate_of, 0), axis=1)[allowed]
+    if num_proposals < num_boxes:
+        raise ValueError(f"{num_boxes} boxes but only {num_proposals} proposals fit any box")
+    rows, cols = linear_sum_assignment(cost)
+    if not allowed[rows, cols].all():
+        missing = int(rows[~allowed[rows, cols]][0])
+        raise ValueError(f"no distinct proposal fits box {missing}")
+    return _selection(candidate_of[rows, cols].tolist(), box_labels[rows].tolist())
+
+
+def _selection(candidate_ids: list[int], labels: list[int]) -> Selection:
+    return Selection(
+        torch.tensor(candidate_ids, dtype=torch.int64), torch.tensor(labels, dtype=torch.int64)
+    )
+
+
+def reference_overlaps(
+    candidates: Candidates, reference: Selection | InstanceSet
+) -> tuple[Tensor, Tensor]:
+    """Mask IoU and box IoU, FloatTensor[Q, N] each, of every candidate with each reference
+    instance; read from the candidates' geometry when the reference is made of them."""
+    if isinstance(reference, Selection):
+        ids = reference.candidate_ids
+        return candidates.iou[:, ids], candidates.box_iou[:, ids]
+    return mask_iou(candidates.masks, reference.masks), box_iou(candidates.boxes, reference.boxes)
+
+
+def delta_augmentation(
+    candidates: Candidates, reference: Selection | InstanceSet, num_classes: int
+) -> Tensor:
+    """FloatTensor[Q, C+1]: δ_q(c), the Δ terms of choosing candidate q with class c against
+    its best-matching (highest mask IoU) reference instance; 3 when no instance overlaps it."""
+    full_mismatch = torch.full((len(candidates), num_classes + 1), 3.0)
+    if len(reference) == 0:
+        return full_mismatch
+    ious, box_ious = reference_overlaps(candidates, reference)
+    best_iou, match = ious.max(dim=1)
+    geometric = (1 - box_ious.gather(1, match[:, None])) + (1 - best_iou[:, None])  # (Q, 1)
+    classes = torch.arange(num_classes + 1)
+    class_term = (classes[None, :] != reference.labels[match][:, None]).float()  # (Q, C+1)
+    return torch.where(best_iou[:, None] > 0, geometric + class_term, full_mismatch)
+
+
+def to_instances(selection: Selection, candidates: Candidates, scores: Tensor) -> InstanceSet:
+    """The InstanceSet of a selection; an instance's score is its class probability."""
+    ids = selection.candidate_ids
+    proposal_ids = candidates.proposal_ids[ids]
+    probabilities = scores.detach().float().softmax(dim=1)
+    return InstanceSet(
+        masks=candidates.masks[ids],
+        labels=selection.labels,
+        scores=probabilities[proposal_ids, selection.labels],
+        proposal_ids=proposal_ids,
+    )

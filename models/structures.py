@@ -1,0 +1,64 @@
+"""InstanceSet: one instance segmentation (a set of class-labelled masks)."""
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torchvision.ops import masks_to_boxes
+
+
+@dataclass(frozen=True)
+class InstanceSet:
+    """An instance segmentation of one image.
+
+    masks: BoolTensor[N, H, W].
+    labels: Int64Tensor[N], class ids in 1..C.
+    scores: FloatTensor[N], confidence of each instance.
+    proposal_ids: Int64Tensor[N], the segment proposal each instance was chosen from
+        (-1 when it does not come from a proposal, e.g. a prediction network output).
+    """
+
+    masks: Tensor
+    labels: Tensor
+    scores: Tensor
+    proposal_ids: Tensor
+
+    def __len__(self) -> int:
+        return int(self.labels.numel())
+
+    @classmethod
+    def empty(cls, image_size: tuple[int, int]) -> "InstanceSet":
+        return cls(
+            masks=torch.zeros((0, *image_size), dtype=torch.bool),
+            labels=torch.zeros(0, dtype=torch.int64),
+            scores=torch.zeros(0),
+            proposal_ids=torch.zeros(0, dtype=torch.int64),
+        )
+
+    @classmethod
+    def from_masks(
+        cls, masks: Tensor, labels: Tensor, scores: Tensor | None = None
+    ) -> "InstanceSet":
+        """An instance set whose masks do not come from proposals."""
+        n = labels.numel()
+        return cls(
+            masks=masks.bool(),
+            labels=labels.to(torch.int64),
+            scores=torch.ones(n) if scores is None else scores.float(),
+            proposal_ids=torch.full((n,), -1, dtype=torch.int64),
+        )
+
+    @property
+    def boxes(self) -> Tensor:
+        """FloatTensor[N, 4]: tight boxes of the masks in x0, y0, x1, y1 pixels (x1, y1 exclusive);
+        zeros for an empty mask."""
+        return mask_boxes(self.masks)
+
+
+def mask_boxes(masks: Tensor) -> Tensor:
+    """FloatTensor[N, 4] tight boxes (x1, y1 exclusive) of BoolTensor[N, H, W]; 0 if empty."""
+    boxes = torch.zeros((masks.shape[0], 4))
+    nonempty = masks.flatten(1).any(dim=1)
+    if nonempty.any():
+        boxes[nonempty] = masks_to_boxes(masks[nonempty]) + torch.tensor([0.0, 0.0, 1.0, 1.0])
+    return boxes

@@ -1,0 +1,48 @@
+"""`discoseg make-data`: write a synthetic COCO-format dataset for demos and tests."""
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.data.synthetic import CLASSES, generate_dataset
+
+
+def make_data(
+    out: Annotated[
+        Path, typer.Argument(help="Folder to write images/, train.json and val.json into.")
+    ],
+    n: Annotated[int, typer.Option("--n", help="Number of images to render (at least 1).")] = 200,
+    size: Annotated[
+        int, typer.Option("--size", help="Side of the square images in pixels (at least 16).")
+    ] = 128,
+    seed: Annotated[
+        int, typer.Option("--seed", help="Random seed; the same seed gives the same images.")
+    ] = 0,
+    val_fraction: Annotated[
+        float,
+        typer.Option(
+            "--val-fraction",
+            help="Share of the images that go to val.json, in [0, 1); the rest to train.json.",
+        ),
+    ] = 0.2,
+) -> None:
+    """Render synthetic scenes of textured shapes (the class is the shape) as a COCO dataset."""
+    problems = []
+    if n < 1:
+        problems.append(f"--n must be at least 1, got {n}")
+    if size < 16:
+        problems.append(f"--size must be at least 16, got {size}")
+    if not 0 <= val_fraction < 1:
+        problems.append(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if out.exists() and not out.is_dir():
+        problems.append(f"OUT exists and is not a folder: {out}")
+    if problems:
+        typer.echo(f"error: {'; '.join(problems)}", err=True)
+        raise typer.Exit(code=2)
+    try:
+        train, val = generate_dataset(out, n=n, size=size, seed=seed, val_fraction=val_fraction)
+    except OSError as error:
+        typer.echo(f"error: cannot write the dataset to {out}: {error}", err=True)
+        raise typer.Exit(code=2) from None
+    typer.echo(f"wrote {n} images of {len(CLASSES)} classes ({', '.join(CLASSES)}): {train}, {val}")
