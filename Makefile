@@ -25,3 +25,4 @@ bench: $(STAMP)
 	$(PYTHON) bench/proposals.py
 	$(PYTHON) bench/conditional_sampling.py
 	$(PYTHON) bench/pstep_loss.py
+	$(PYTHON) bench/evaluate.py
