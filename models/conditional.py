@@ -158,8 +158,11 @@ class ConditionalNet(nn.Module):
         Returns FloatTensor[K, P, C+1].
         """
         k = noise.shape[0]
-        stacked = torch.cat([features.expand(k, -1, -1, -1), noise], dim=1)
-        sampled = F.relu(self.noise_projection(stacked))  # (K, F, h, w)
+        # The 1x1 conv over [features, z_k] is linear: its feature part runs once for all K.
+        weight, bias = self.noise_projection.weight, self.noise_projection.bias
+        trunk_channels = features.shape[0]
+        shared = F.conv2d(features[None], weight[:, :trunk_channels], bias)  # (1, F, h, w)
+        sampled = F.relu(shared + F.conv2d(noise, weight[:, trunk_channels:]))  # (K, F, h, w)
         channels = sampled.shape[1]
         pooled = context.pooling @ sampled.flatten(2).permute(2, 0, 1).reshape(-1, k * channels)
         pooled = pooled.reshape(-1, k, channels).transpose(0, 1)  # (K, P, F)

@@ -1,0 +1,64 @@
+"""Service settings: environment variables with the prefix DISCOSEG_ (pydantic-settings)."""
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Every field is read from DISCOSEG_<FIELD NAME>; the README lists them with defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="DISCOSEG_", env_file=None, extra="ignore")
+
+    model_path: Path = Field(
+        default=Path(".cache/demo/model.pt"), description="the model bundle to serve"
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto", description="where the networks run: auto picks CUDA when present"
+    )
+    api_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="accepted bearer tokens (JSON list); empty: no authentication",
+    )
+
+    # Limits on what a request may ask for.
+    max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=16_000_000, gt=0)
+    max_boxes: int = Field(default=100, gt=0)
+    max_k: int = Field(default=32, ge=1)
+    max_files_per_job: int = Field(default=1000, gt=0)
+    max_inflight: int = Field(
+        default=8, gt=0, description="model calls queued or running before 503 + Retry-After"
+    )
+    proposal_cache_size: int = Field(default=64, ge=0)
+
+    # Batch jobs.
+    redis_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db switches jobs to Celery + Redis; unset: embedded",
+    )
+    data_root: Path = Field(
+        default=Path("data"), description="server-side folder that COCO jobs may read images from"
+    )
+    job_store: Path = Field(
+        default=Path(".cache/jobs"), description="where job inputs and results are kept"
+    )
+    job_chunk_size: int = Field(default=8, gt=0)
+    job_result_ttl_s: int = Field(default=24 * 3600, gt=0)
+    job_chunk_time_limit_s: int = Field(default=600, gt=0)
+
+    @field_validator("api_keys")
+    @classmethod
+    def _refuse_weak_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
+        weak = [k for k in keys if len(k.get_secret_value()) < 16]
+        if weak:
+            raise ValueError("every API key must be at least 16 characters long")
+        return keys
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()
