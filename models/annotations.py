@@ -101,7 +101,7 @@ def boxes_from_records(
     labels, boxes = [], []
     for index, record in enumerate(records):
         bbox = record.get("bbox")
-        if not isinstance(bbox, Sequence) or len(bbox) != 4:
+        if isinstance(bbox, str | bytes) or not isinstance(bbox, Sequence) or len(bbox) != 4:
             raise ValueError(f"box {index}: bbox must be a list [x0, y0, x1, y1], got {bbox!r}")
         try:
             boxes.append([float(v) for v in bbox])

@@ -133,12 +133,18 @@ def box_rectangles(annotation: BoxAnnotation, image_size: tuple[int, int]) -> Te
 
 
 def with_box_rectangles(proposals: Tensor, annotation: BoxAnnotation) -> Tensor:
-    """Append each box's filled rectangle to the proposals unless it is already one of them.
+    """Append each box's filled rectangle to the proposals unless it is already one of them
+    (boxes with the same pixel window get one rectangle each).
 
     The rectangle always fits its box, so with it every box has at least one candidate and a
     consistent output always exists.
     """
     rectangles = box_rectangles(annotation, tuple(proposals.shape[-2:]))
     flat = proposals.flatten(1)
-    missing = [r for r in rectangles if not (flat == r.flatten()).all(1).any()]
+    missing = []
+    for b, rectangle in enumerate(rectangles):
+        same_window = sum(bool((rectangle == earlier).all()) for earlier in rectangles[:b])
+        present = int((flat == rectangle.flatten()).all(1).sum())
+        if present <= same_window:  # boxes sharing a window each need a rectangle of their own
+            missing.append(rectangle)
     return torch.cat([proposals, torch.stack(missing)]) if missing else proposals

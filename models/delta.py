@@ -38,7 +38,13 @@ def match_costs(
     n = labels1.numel()
     if ious.shape[1] == 0:
         return torch.ones((n, 3))
-    best_iou, best = ious.max(dim=1)
+    best_iou = ious.max(dim=1).values
+    # Among equally overlapping instances prefer one of the same class (identical masks tie).
+    ties = ious == best_iou[:, None]
+    preferred = ties & (labels1[:, None] == labels2[None, :])
+    best = torch.where(
+        preferred.any(dim=1), preferred.float().argmax(dim=1), ties.float().argmax(dim=1)
+    )
     matched = best_iou > 0
     class_term = (labels1 != labels2[best]).float()
     box_term = 1 - box_iou(boxes1, boxes2).gather(1, best[:, None]).squeeze(1)

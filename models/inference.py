@@ -94,6 +94,8 @@ def tag_argmax(
     labels = np.asarray(tags.labels, dtype=np.int64)
     if labels.size == 0:
         return _selection([], [])
+    if len(candidates) == 0:
+        raise ValueError(f"no proposal is left for tagged class {int(labels[0])}")
     tag_margins = margins[:, labels].numpy()  # (Q, T)
     conflicts = (candidates.overlap > overlap_threshold).numpy()
     np.fill_diagonal(conflicts, True)
@@ -105,14 +107,17 @@ def tag_argmax(
         chosen_labels.append(label)
         blocked[:] |= conflicts[q]
 
-    for t in np.argsort(-tag_margins.max(axis=0), kind="stable"):
-        column = np.where(blocked, -np.inf, tag_margins[:, t])
-        q = int(column.argmax())
-        if not np.isfinite(column[q]):
+    order = np.argsort(-tag_margins.max(axis=0), kind="stable")
+    for position, t in enumerate(order):
+        remaining = len(order) - position - 1
+        for q in np.argsort(-tag_margins[:, t], kind="stable"):
+            if not blocked[q] and _completable(blocked | conflicts[q], conflicts, remaining):
+                take(int(q), int(labels[t]))
+                break
+        else:
             raise ValueError(
                 f"no proposal free of overlap is left for tagged class {int(labels[t])}"
             )
-        take(q, int(labels[t]))
 
     best = tag_margins.argmax(axis=1)
     best_margin = tag_margins[np.arange(len(best)), best]
@@ -122,6 +127,18 @@ def tag_argmax(
         if not blocked[q]:
             take(int(q), int(labels[best[q]]))
     return _selection(chosen, chosen_labels)
+
+
+def _completable(blocked: np.ndarray, conflicts: np.ndarray, count: int) -> bool:
+    """Whether `count` more mutually non-overlapping candidates can still be found, by the
+    minimum-degree greedy for independent sets (exact when the free candidates are disjoint)."""
+    free = ~blocked
+    for _ in range(count):
+        if not free.any():
+            return False
+        degrees = np.where(free, (conflicts & free).sum(axis=1), np.iinfo(np.int64).max)
+        free &= ~conflicts[int(degrees.argmin())]
+    return True
 
 
 def box_argmax(margins: Tensor, candidates: Candidates, boxes: BoxAnnotation) -> Selection:

@@ -2,9 +2,10 @@
 
 Neighbouring proposals (touching or overlapping) should take similar class scores unless an
 image edge separates them: w_uv = exp(-I_uv / σ), I_uv the mean edge strength along their shared
-boundary. Scores are refined by a few rounds of s <- (1 - λ) s + λ W s with W the row-normalised
-weights: the convex form keeps the scale of the scores, so λ reads as the share of a proposal's
-score that comes from its neighbours. A proposal with no neighbour keeps its score.
+boundary. Scores are refined by a few rounds of s_u <- s_u + λ mean_v w_uv (s_v - s_u) over the
+neighbours v of u: a proposal moves towards its neighbours as far as no edge separates them
+(w near 1), and keeps its score across a strong edge (w near 0) or without neighbours. Taking
+differences keeps the scale of the scores.
 """
 
 import torch
@@ -15,7 +16,7 @@ from models.descriptors import WorkingCopy, dilate
 
 @torch.no_grad()
 def proposal_affinity(copy: WorkingCopy, edge_scale: float) -> Tensor:
-    """FloatTensor[P, P]: row-normalised boundary-aware weights (rows of isolated proposals 0)."""
+    """FloatTensor[P, P]: w_uv / (number of neighbours of u); 0 for non-adjacent pairs."""
     inside = (copy.masks > 0).float()
     flat = inside.flatten(1)  # (P, N)
     ring = (dilate(inside) - inside).flatten(1)  # pixels just outside each proposal
@@ -29,13 +30,12 @@ def proposal_affinity(copy: WorkingCopy, edge_scale: float) -> Tensor:
     adjacent = (shared > 0) | overlapping
     adjacent.fill_diagonal_(False)
     weights = torch.where(adjacent, torch.exp(-strength / edge_scale), torch.zeros(()))
-    return weights / weights.sum(dim=1, keepdim=True).clamp(min=1e-9)
+    return weights / adjacent.sum(dim=1, keepdim=True).clamp(min=1)
 
 
 def refine_scores(scores: Tensor, affinity: Tensor, weight: float, rounds: int) -> Tensor:
     """scores: FloatTensor[K, P, C+1]; affinity: FloatTensor[P, P] -> FloatTensor[K, P, C+1]."""
-    has_neighbours = (affinity.sum(dim=1) > 0)[None, :, None]
+    pull = affinity.sum(dim=1)[None, :, None]  # (1, P, 1) total weight towards neighbours
     for _ in range(rounds):
-        smoothed = torch.matmul(affinity, scores)  # (K, P, C+1)
-        scores = torch.where(has_neighbours, (1 - weight) * scores + weight * smoothed, scores)
+        scores = scores + weight * (torch.matmul(affinity, scores) - pull * scores)
     return scores

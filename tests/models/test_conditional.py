@@ -1,0 +1,207 @@
+"""The conditional network (DESIGN section 3): its samples are consistent with the annotation,
+reproducible for a seed, driven by the noise, and cost one trunk pass for K samples; and the
+boundary-aware pairwise refinement."""
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import Phase, event, given, settings
+from hypothesis import strategies as st
+
+from models.annotations import BoxAnnotation, TagAnnotation
+from models.conditional import ConditionalConfig, ConditionalNet, describe_proposals
+from models.descriptors import working_copy
+from models.pairwise import proposal_affinity, refine_scores
+from tests.models.strategies import (
+    NUM_CLASSES,
+    assert_box_consistent,
+    assert_tag_consistent,
+    box_annotations,
+    disjoint_tiles,
+    has_disjoint_subset,
+    masks_near_boxes,
+    one_thread,  # noqa: F401 (autouse fixture)
+    proposal_masks,
+    tag_sets,
+)
+
+SIZE = (32, 32)
+K = 3
+CONFIG = ConditionalConfig(trunk_widths=(8, 16), descriptor_size=32)
+SETTINGS = settings(
+    max_examples=50,
+    deadline=None,
+    report_multiple_bugs=False,
+    phases=(Phase.explicit, Phase.reuse, Phase.generate),
+)
+
+
+@functools.cache
+def untrained_net() -> ConditionalNet:
+    torch.manual_seed(0)
+    return ConditionalNet(NUM_CLASSES, CONFIG).eval()
+
+
+@pytest.fixture
+def net() -> ConditionalNet:
+    return untrained_net()
+
+
+def random_image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (*SIZE, 3), dtype=np.uint8)
+
+
+def tile_proposals() -> torch.Tensor:
+    """Four horizontal strips and two larger blocks over them."""
+    proposals = torch.zeros((6, *SIZE), dtype=torch.bool)
+    for i in range(4):
+        proposals[i, 8 * i : 8 * i + 8, 4:28] = True
+    proposals[4, 0:16, 0:32] = True
+    proposals[5, 12:30, 2:20] = True
+    return proposals
+
+
+@SETTINGS
+@given(data=st.data())
+def test_tag_samples_are_consistent(data):
+    net = untrained_net()
+    image = random_image(data.draw(st.integers(0, 2**16), label="image seed"))
+    tags = data.draw(tag_sets())
+    proposals = data.draw(proposal_masks(SIZE, min_size=1, max_size=6))
+    if data.draw(st.booleans()):
+        proposals = torch.cat([proposals, data.draw(disjoint_tiles(SIZE, len(tags.labels)))])
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    try:
+        samples = net.sample(image, proposals, tags, K, generator=generator)
+    except ValueError:
+        assert not has_disjoint_subset(proposals, len(tags.labels)), (
+            f"sampling failed although {len(tags.labels)} proposals are pairwise disjoint"
+        )
+        event("no consistent output")
+        return
+    event("consistent output")
+    assert len(samples) == K
+    for sample in samples:
+        assert_tag_consistent(sample, tags, CONFIG.inference.overlap_threshold)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_box_samples_are_consistent(data):
+    net = untrained_net()
+    image = random_image(data.draw(st.integers(0, 2**16), label="image seed"))
+    boxes = data.draw(box_annotations(SIZE))
+    proposals = data.draw(proposal_masks(SIZE, min_size=1, max_size=5))
+    proposals = torch.cat([proposals, data.draw(masks_near_boxes(boxes, SIZE))])
+    generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
+    samples = net.sample(image, proposals, boxes, K, generator=generator)
+    assert len(samples) == K
+    for sample in samples:
+        assert_box_consistent(sample, boxes, CONFIG.inference.box_iou_threshold)
+
+
+def test_same_seed_gives_the_same_samples(net):
+    image, proposals, tags = random_image(1), tile_proposals(), TagAnnotation((1, 3))
+    first = net.sample(image, proposals, tags, K, generator=torch.Generator().manual_seed(5))
+    again = net.sample(image, proposals, tags, K, generator=torch.Generator().manual_seed(5))
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a.masks, b.masks)
+        assert torch.equal(a.labels, b.labels)
+        assert torch.equal(a.proposal_ids, b.proposal_ids)
+        assert torch.equal(a.scores, b.scores)
+
+
+def test_noise_reaches_the_scores(net):
+    image = torch.from_numpy(random_image(2)).permute(2, 0, 1).float() / 255
+    context = describe_proposals(image, tile_proposals(), CONFIG)
+    with torch.no_grad():
+        scores = net(image, context, K, generator=torch.Generator().manual_seed(0))
+        same = net(image, context, K, generator=torch.Generator().manual_seed(0))
+        other = net(image, context, K, generator=torch.Generator().manual_seed(1))
+    assert scores.shape == (K, len(tile_proposals()), NUM_CLASSES + 1)
+    assert torch.equal(scores, same)
+    assert not torch.allclose(scores, other)
+    # Samples of one call differ from each other, for every proposal.
+    for k in range(1, K):
+        assert (scores[k] - scores[0]).abs().amax(dim=1).min() > 0
+
+
+def test_k_samples_cost_one_trunk_pass(net):
+    calls = []
+    handle = net.trunk.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        samples = net.sample(random_image(3), tile_proposals(), TagAnnotation((2,)), 5)
+    finally:
+        handle.remove()
+    assert len(samples) == 5
+    assert len(calls) == 1
+
+
+def test_sample_rejects_bad_input(net):
+    proposals = tile_proposals()
+    with pytest.raises(ValueError, match="k must be at least 1"):
+        net.sample(random_image(0), proposals, TagAnnotation((1,)), 0)
+    with pytest.raises(ValueError, match="unknown class"):
+        net.sample(random_image(0), proposals, TagAnnotation((NUM_CLASSES + 1,)), 1)
+    outside = BoxAnnotation(torch.tensor([[0.0, 0.0, 40.0, 10.0]]), torch.tensor([1]))
+    with pytest.raises(ValueError, match="outside"):
+        net.sample(random_image(0), proposals, outside, 1)
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        net.sample(random_image(0)[..., :2], proposals, TagAnnotation((1,)), 1)
+
+
+# The pairwise term.
+
+
+def affinity(image: torch.Tensor, proposals: torch.Tensor) -> torch.Tensor:
+    copy = working_copy(image, proposals, work_size=CONFIG.descriptor_size)
+    return proposal_affinity(copy, CONFIG.edge_scale)
+
+
+def columns(*bounds: tuple[int, int], size: int = 16) -> torch.Tensor:
+    """BoolTensor[len(bounds), size, size]: proposals that are vertical bands of columns."""
+    proposals = torch.zeros((len(bounds), size, size), dtype=torch.bool)
+    for i, (x0, x1) in enumerate(bounds):
+        proposals[i, :, x0:x1] = True
+    return proposals
+
+
+def test_refine_scores_keeps_shapes_and_leaves_isolated_proposals_alone():
+    image = torch.full((3, 16, 16), 0.5)
+    proposals = columns((0, 4), (4, 8), (12, 16))  # 0 and 1 touch; 2 has no neighbour
+    weights = affinity(image, proposals)
+    assert weights.shape == (3, 3)
+    scores = torch.randn(K, 3, NUM_CLASSES + 1, generator=torch.Generator().manual_seed(0))
+    refined = refine_scores(scores, weights, weight=0.5, rounds=2)
+    assert refined.shape == scores.shape
+    assert torch.equal(refined[:, 2], scores[:, 2])
+    before = (scores[:, 0] - scores[:, 1]).abs()
+    after = (refined[:, 0] - refined[:, 1]).abs()
+    assert (after < before).all()
+    assert torch.allclose(refined[:, :2].mean(dim=1), scores[:, :2].mean(dim=1), atol=1e-5)
+
+
+def test_an_edge_between_proposals_weakens_their_weight_within_one_image():
+    # Dark columns 0-10 and a bright band 11-15: proposal 1 touches 0 inside the dark region
+    # and 2 across the edge.
+    image = torch.zeros((3, 16, 16))
+    image[:, :, 11:] = 1.0
+    weights = affinity(image, columns((0, 6), (6, 11), (11, 16)))
+    assert weights[1, 0] > weights[1, 2]
+    scores = torch.zeros((1, 3, 2))
+    scores[0, 0, 1], scores[0, 2, 1] = 1.0, -1.0
+    refined = refine_scores(scores, weights, weight=0.5, rounds=1)
+    assert refined[0, 1, 1] > 0, "proposal 1 should follow its neighbour without an edge"
+
+
+def test_an_edge_between_two_proposals_weakens_their_weight():
+    # The same two touching halves, in a uniform image and with a strong edge between them.
+    proposals = columns((0, 8), (8, 16))
+    uniform = torch.full((3, 16, 16), 0.5)
+    edged = torch.zeros((3, 16, 16))
+    edged[:, :, 8:] = 1.0
+    without_edge = affinity(uniform, proposals)[0, 1]
+    with_edge = affinity(edged, proposals)[0, 1]
+    assert without_edge > with_edge

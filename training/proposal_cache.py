@@ -1,0 +1,73 @@
+"""Segment proposals computed once per image and cached on disk.
+
+The key is a hash of the image content, the boxes (box-conditioned proposals) and the generator
+settings, so a changed image or setting never reads a stale entry. Entries are bit-packed
+`.npz` files written atomically.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from models.proposals import ProposalSettings, propose
+
+
+def proposal_key(image: np.ndarray, boxes: np.ndarray | None, settings: ProposalSettings) -> str:
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(str(image.shape).encode())
+    if boxes is not None:
+        digest.update(np.asarray(boxes, dtype=np.float64).tobytes())
+    digest.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
+    return digest.hexdigest()[:32]
+
+
+class ProposalCache:
+    """`get(image, boxes)` returns BoolTensor[P, H, W], computing and storing it when missing."""
+
+    def __init__(self, root: Path, settings: ProposalSettings) -> None:
+        self.root = Path(root)
+        self.settings = settings
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.npz"
+
+    def get(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Tensor:
+        path = self.path(proposal_key(image, boxes, self.settings))
+        if path.is_file():
+            try:
+                return _read(path)
+            except (OSError, ValueError, KeyError):
+                path.unlink(missing_ok=True)  # a damaged entry is recomputed
+        proposals = propose(image, boxes, settings=self.settings)
+        _write(path, proposals)
+        return proposals
+
+
+def _read(path: Path) -> Tensor:
+    with np.load(path) as data:
+        shape = tuple(int(v) for v in data["shape"])
+        bits = np.unpackbits(data["bits"], count=int(np.prod(shape)))
+    return torch.from_numpy(bits.reshape(shape).astype(bool))
+
+
+def _write(path: Path, proposals: Tensor) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            np.savez(
+                file,
+                shape=np.array(proposals.shape),
+                bits=np.packbits(proposals.numpy().ravel()),
+            )
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
