@@ -73,6 +73,11 @@ class ProposalContext:
     descriptors: Tensor
     affinity: Tensor
 
+    def to(self, device: torch.device | str) -> "ProposalContext":
+        return ProposalContext(
+            self.pooling.to(device), self.descriptors.to(device), self.affinity.to(device)
+        )
+
     def __len__(self) -> int:
         return int(self.pooling.shape[0])
 
@@ -213,7 +218,7 @@ class ConditionalNet(nn.Module):
         else:
             annotation.validate(self.num_classes)
         context = describe_proposals(image.cpu(), proposals.cpu(), self.config)
-        scores = self(image, _to(context, image.device), k, generator).cpu()
+        scores = self(image, context.to(image.device), k, generator).cpu()
         candidates = self.candidates(proposals.cpu(), annotation)
         return [
             to_instances(
@@ -222,8 +227,3 @@ class ConditionalNet(nn.Module):
             for s in scores
         ]
 
-
-def _to(context: ProposalContext, device: torch.device) -> ProposalContext:
-    return ProposalContext(
-        *(t.to(device) for t in (context.pooling, context.descriptors, context.affinity))
-    )

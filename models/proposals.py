@@ -67,7 +67,7 @@ class ProposalSettings:
     work_size: int = 256
     colour_spaces: tuple[str, ...] = ("hsv", "lab")
     scales: tuple[float, ...] = (100.0, 300.0)
-    sigma: float = 0.8
+    sigma: float = 0.5
     min_size_ratio: float = 0.5
     similarities: tuple[str, ...] = ("ctsf", "tsf", "csf")
     dedup_iou: float = 0.9

@@ -2,6 +2,8 @@
 
 import typer
 
+from service.serve_command import serve
+from service.worker_command import worker
 from training.make_data_command import make_data
 
 app = typer.Typer(
@@ -18,6 +20,8 @@ def main() -> None:
 
 
 app.command("make-data")(make_data)
+app.command("worker")(worker)
+app.command("serve")(serve)
 
 if __name__ == "__main__":
     app()

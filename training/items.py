@@ -30,7 +30,7 @@ class TrainingItem:
     target: dict[str, Tensor] | None
     packed_proposals: np.ndarray
     proposal_shape: tuple[int, int, int]
-    context: ProposalContext
+    context: ProposalContext | None
     geometry: dict[str, Tensor]
 
     @property
@@ -119,8 +119,22 @@ def prepare_item(
     config: ConditionalConfig,
     max_size: int,
 ) -> TrainingItem:
+    """Proposals, their context and the candidates' geometry; none under masks supervision,
+    which trains the prediction network alone."""
     sample = fit_to_size(sample, max_size)
     annotation = annotation_of(sample)
+    if annotation is None:
+        height, width = sample.image.shape[:2]
+        return TrainingItem(
+            index=index,
+            image=sample.image,
+            annotation=None,
+            target=target_of(sample),
+            packed_proposals=np.zeros(0, np.uint8),
+            proposal_shape=(0, height, width),
+            context=None,
+            geometry={},
+        )
     boxes = sample.boxes if isinstance(annotation, BoxAnnotation) else None
     proposals = cache.get(sample.image, boxes)
     if isinstance(annotation, BoxAnnotation):

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
         default=8, gt=0, description="model calls queued or running before 503 + Retry-After"
     )
     proposal_cache_size: int = Field(default=64, ge=0)
+    proposal_cache_mb: int = Field(
+        default=256, ge=0, description="memory bound of the proposal cache (bit-packed masks)"
+    )
 
     # Batch jobs.
     redis_url: str | None = Field(
@@ -49,6 +52,15 @@ class Settings(BaseSettings):
     job_chunk_size: int = Field(default=8, gt=0)
     job_result_ttl_s: int = Field(default=24 * 3600, gt=0)
     job_chunk_time_limit_s: int = Field(default=600, gt=0)
+    job_fetched_ttl_s: int = Field(
+        default=3600, gt=0,
+        description="a fetched result is kept this long after its first fetch (at most its TTL)",
+    )
+    job_redelivery_timeout_s: int | None = Field(
+        default=None, gt=0,
+        description="a chunk whose worker vanished is delivered again after this long; "
+        "unset: job_chunk_time_limit_s + 60 (it must exceed the time limit)",
+    )
 
     @field_validator("api_keys")
     @classmethod

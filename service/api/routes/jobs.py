@@ -1,0 +1,209 @@
+"""Batch labeling jobs: POST /v1/jobs, GET /v1/jobs/{id}, GET /v1/jobs/{id}/result,
+DELETE /v1/jobs/{id}.
+
+A job labels many images, given as uploaded files (images and/or zip files) or as a COCO JSON
+whose images lie under the server's data root, optionally with hints per image (tags or boxes:
+from the COCO annotations, or from the `annotations` form field for uploads). Without hints it
+runs the prediction network, with hints the conditional network (its top sample). The result is
+a COCO annotation file with RLE masks and a score per annotation.
+
+Routes are sync (staging copies files): FastAPI runs them on its thread pool. When the job
+backend (Redis) is away they answer 503 with Retry-After; the rest of the API is unaffected.
+"""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from pydantic import BaseModel, Field
+
+from service.api.deps import AppSettings
+from service.errors import ApiError
+from service.jobs.backend import JobBackend, JobNotFinished
+from service.jobs.model import JobRecord, JobSpec, LabelOptions, is_job_id
+from service.jobs.staging import (
+    StagingError,
+    StagingLimits,
+    Upload,
+    parse_image_hints,
+    stage_coco,
+    stage_uploads,
+)
+from service.jobs.state import JobBackendUnavailable
+from service.schemas import ErrorResponse
+
+router = APIRouter(tags=["jobs"])
+
+RETRY_AFTER_S = 5
+ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)}
+
+
+class Progress(BaseModel):
+    done: int = Field(description="images finished (labeled or failed)")
+    total: int
+
+
+class ImageFailure(BaseModel):
+    index: int = Field(description="position of the image in the job")
+    image_id: int
+    file_name: str
+    error: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    errors: list[ImageFailure] = Field(description="images that could not be labeled")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    fetched_at: float | None = Field(None, description="first download of the result")
+    expires_at: float | None = Field(
+        None, description="when the job and its result are deleted (unix time)"
+    )
+    result: str | None = Field(None, description="URL of the result, once the job finished")
+
+
+def get_jobs(request: Request) -> JobBackend:
+    backend = getattr(request.app.state, "jobs", None)
+    if backend is None:
+        raise ApiError(503, "the job backend is not started", code="jobs_unavailable",
+                       headers={"Retry-After": str(RETRY_AFTER_S)})
+    return backend
+
+
+Jobs = Annotated[JobBackend, Depends(get_jobs)]
+
+
+@contextmanager
+def _backend_errors() -> Iterator[None]:
+    try:
+        yield
+    except JobBackendUnavailable as error:
+        raise ApiError(503, f"batch jobs are unavailable: {error}", code="jobs_unavailable",
+                       headers={"Retry-After": str(RETRY_AFTER_S)}) from None
+    except StagingError as error:
+        raise ApiError(error.status, str(error), code=error.code) from None
+
+
+def _status(request: Request, record: JobRecord, spec: JobSpec) -> JobStatus:
+    failures = [
+        ImageFailure(index=index, image_id=spec.items[index].image_id,
+                     file_name=spec.items[index].file_name, error=error)
+        for index, error in sorted(record.errors.items())
+    ]
+    finished = record.state in ("succeeded", "failed")
+    return JobStatus(
+        id=record.job_id, state=record.state.value,
+        progress=Progress(done=record.done, total=record.total), errors=failures,
+        created_at=record.created_at, started_at=record.started_at,
+        finished_at=record.finished_at, fetched_at=record.fetched_at,
+        expires_at=record.expires_at,
+        result=str(request.url_for("job_result", job_id=record.job_id)) if finished else None,
+    )
+
+
+def _found(jobs: JobBackend, job_id: str) -> tuple[JobRecord, JobSpec]:
+    found = jobs.status(job_id) if is_job_id(job_id) else None
+    if found is None:
+        raise ApiError(404, f"no job {job_id!r} (unknown, deleted or expired)")
+    return found
+
+
+@router.post("/jobs", status_code=202, response_model=JobStatus, responses=ERRORS)
+def create_job(
+    request: Request,
+    response: Response,
+    jobs: Jobs,
+    settings: AppSettings,
+    files: Annotated[
+        list[UploadFile] | None, File(description="images (JPEG, PNG, WebP, BMP) and/or zips")
+    ] = None,
+    coco: Annotated[
+        UploadFile | None,
+        File(description="COCO JSON whose images' file_name lie under the server's data root"),
+    ] = None,
+    hints: Annotated[
+        Literal["none", "tags", "boxes"],
+        Form(description="none: prediction network; tags/boxes: conditional network with the "
+                         "COCO annotations' (or the `annotations` field's) tags or boxes"),
+    ] = "none",
+    annotations: Annotated[
+        str | None,
+        Form(description='uploads only: JSON {"file name": {"tags": [names]} or '
+                         '{"boxes": [{"label": name, "bbox": [x0, y0, x1, y1]}]}}'),
+    ] = None,
+    score_threshold: Annotated[float, Form(ge=0, le=1)] = 0.5,
+    max_instances: Annotated[int, Form(ge=1, le=1000)] = 100,
+    seed: Annotated[int, Form(ge=0, description="sampling seed (hints only)")] = 0,
+) -> JobStatus:
+    """Start a batch labeling job; poll GET /v1/jobs/{id} and fetch /v1/jobs/{id}/result."""
+    if bool(files) == (coco is not None):
+        raise ApiError(422, "give either `files` (images or zips) or `coco`, not both or none")
+    if coco is not None and annotations:
+        raise ApiError(422, "`annotations` is for uploads; a COCO job takes its own")
+    options = LabelOptions(hints=hints, score_threshold=score_threshold,
+                           max_instances=max_instances, seed=seed)
+    job_id = jobs.new_job_id()
+    with _backend_errors():
+        jobs.ping()  # refuse before copying uploads when the backend is away
+        try:
+            if coco is not None:
+                text = coco.file.read(settings.max_upload_bytes + 1)
+                if len(text) > settings.max_upload_bytes:
+                    raise ApiError(413, f"the COCO file exceeds {settings.max_upload_bytes} bytes")
+                items = stage_coco(text, settings.data_root, hints_mode=hints,
+                                   max_files=settings.max_files_per_job)
+            else:
+                items = stage_uploads(
+                    jobs.store.input_dir(job_id),
+                    [Upload(f.filename or "upload", f.file) for f in files or []],
+                    hints_mode=hints, image_hints=parse_image_hints(annotations),
+                    limits=StagingLimits(settings.max_files_per_job, settings.max_upload_bytes),
+                )
+        except BaseException:
+            jobs.store.delete(job_id)
+            raise
+        record = jobs.submit(job_id, items, options)
+        spec = jobs.store.read_spec(job_id)
+    response.headers["Location"] = str(request.url_for("job_status", job_id=job_id))
+    return _status(request, record, spec)
+
+
+@router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, name="job_status")
+def job_status(request: Request, jobs: Jobs, job_id: str) -> JobStatus:
+    """State, progress {done, total} and the images that failed."""
+    with _backend_errors():
+        record, spec = _found(jobs, job_id)
+    return _status(request, record, spec)
+
+
+@router.get("/jobs/{job_id}/result", responses=ERRORS, name="job_result")
+def job_result(jobs: Jobs, job_id: str) -> dict:
+    """The COCO annotation file of a finished job (409 while it runs or if it was cancelled).
+    The first download starts a shorter expiry (DISCOSEG_JOB_FETCHED_TTL_S)."""
+    with _backend_errors():
+        _found(jobs, job_id)
+        try:
+            result = jobs.result(job_id)
+        except JobNotFinished as error:
+            raise ApiError(409, str(error), code="job_not_finished") from None
+    if result is None:
+        raise ApiError(404, f"no job {job_id!r} (unknown, deleted or expired)")
+    return result
+
+
+@router.delete(
+    "/jobs/{job_id}", response_model=JobStatus, responses={204: {}, **ERRORS}
+)
+def cancel_job(request: Request, jobs: Jobs, job_id: str) -> JobStatus | Response:
+    """Cancel a queued or running job (200, state "cancelled": chunks not yet run never run);
+    a finished job is deleted with its result (204)."""
+    with _backend_errors():
+        record, spec = _found(jobs, job_id)
+        record = jobs.cancel(job_id)
+    if record is None or record.state != "cancelled":
+        return Response(status_code=204)
+    return _status(request, record, spec)

@@ -1,0 +1,82 @@
+"""The embedded job backend: no service besides the API process.
+
+Chunks run one at a time on a thread of the API process (the model already uses every core;
+a second chunk in parallel would only compete with the first). State lives in files under
+settings.job_store (FileJobStates), next to the results, so nothing is lost when the process
+dies: at start, unfinished jobs are picked up again and their unfinished chunks run again.
+Cancelled jobs' pending chunks are skipped when their turn comes.
+"""
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from prometheus_client import Gauge
+
+from service.core.config import Settings
+from service.jobs.backend import JobBackend
+from service.jobs.chunks import ChunkContext, LabelingRuntime, run_chunk
+from service.jobs.model import JobSpec
+from service.jobs.state import ACTIVE, FileJobStates
+from service.jobs.store import ResultStore
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedBackend(JobBackend):
+    name = "embedded"
+
+    def __init__(self, settings: Settings, runtime: Callable[[], LabelingRuntime]) -> None:
+        store = ResultStore(settings.job_store)
+        store.root.mkdir(parents=True, exist_ok=True)
+        self.file_states = FileJobStates(store, settings.job_result_ttl_s)
+        super().__init__(settings, self.file_states, store)
+        self.runtime = runtime
+        self.context = ChunkContext(store=store, states=self.file_states,
+                                    data_root=settings.data_root,
+                                    max_image_pixels=settings.max_image_pixels)
+        self._executor: ThreadPoolExecutor | None = None
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    def start(self, queue_depth: Gauge | None = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-jobs")
+        for job_id in self.store.job_ids():
+            record, done = self.file_states.load(job_id)
+            spec = self.store.read_spec(job_id)
+            if record is None or spec is None or record.state not in ACTIVE:
+                continue
+            unfinished = [c for c in range(spec.num_chunks)
+                          if any(item.index not in done for item in spec.chunk(c))]
+            logger.info("resuming job %s: %d chunk(s) left", job_id, len(unfinished))
+            self._submit_chunks(job_id, unfinished)
+        super().start(queue_depth)
+
+    def stop(self) -> None:
+        super().stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+
+    def dispatch(self, spec: JobSpec) -> None:
+        self._submit_chunks(spec.job_id, range(spec.num_chunks))
+
+    def queue_depth(self) -> int:
+        return self._pending
+
+    def _submit_chunks(self, job_id: str, chunks) -> None:
+        if self._executor is None:
+            raise RuntimeError("the embedded job backend is not started")
+        for chunk in chunks:
+            with self._lock:
+                self._pending += 1
+            self._executor.submit(self._run, job_id, chunk)
+
+    def _run(self, job_id: str, chunk: int) -> None:
+        with self._lock:
+            self._pending -= 1
+        try:
+            run_chunk(self.context, self.runtime(), job_id, chunk)
+        except Exception:
+            logger.exception("job %s chunk %d failed", job_id, chunk)

@@ -1,0 +1,290 @@
+"""The model runtime: one loaded bundle per process, shared by every request.
+
+Model calls run in one dedicated worker thread, never on the event loop. A call is admitted
+only while fewer than `max_inflight` calls are queued or running; beyond that `submit` raises
+`Overloaded` at once (the API answers 503 + Retry-After) instead of queueing without bound.
+One thread, because on a CPU the networks already use every core through torch's intra-op
+threads, and on a GPU calls serialise on the device anyway.
+
+Segment proposals are cached by image content, boxes and proposal settings in a bounded LRU,
+so that asking for more samples of the same image costs no second proposal pass.
+"""
+
+import asyncio
+import hashlib
+import json
+import math
+import secrets
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from itertools import combinations
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+import torch
+
+from models.annotations import Annotation, BoxAnnotation, boxes_from_records, tags_from_names
+from models.bundle import ModelBundle, file_digest, load_bundle
+from models.delta import delta
+from models.proposals import propose
+from models.structures import InstanceSet
+from service.core.config import Settings
+from service.metrics import Metrics
+
+T = TypeVar("T")
+
+
+class DeviceError(RuntimeError):
+    """The configured device cannot be used on this machine."""
+
+
+class Overloaded(RuntimeError):
+    """Too many model calls queued or running; retry after `retry_after` seconds."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"the model is busy ({limit} calls queued or running); retry later")
+        self.retry_after = retry_after
+
+
+class InconsistentHints(ValueError):
+    """No segmentation consistent with the given tags or boxes exists among the proposals."""
+
+
+def resolve_device(requested: str) -> torch.device:
+    """`auto`: CUDA when present, else CPU; `cuda` without CUDA raises DeviceError."""
+    if requested == "cpu":
+        return torch.device("cpu")
+    if requested not in ("auto", "cuda"):
+        raise DeviceError(f"unknown device {requested!r}; use auto, cpu or cuda")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise DeviceError(
+            "DISCOSEG_DEVICE=cuda but torch sees no CUDA device on this machine; "
+            "set DISCOSEG_DEVICE=auto or cpu"
+        )
+    return torch.device("cpu")
+
+
+def model_version(path: Path) -> str:
+    """The bundle's file stem and the start of its SHA-256, e.g. `model-3f2a9c1b7d4e`."""
+    return f"{Path(path).stem}-{file_digest(path)}"
+
+
+class ProposalCache:
+    """LRU of proposal masks, bounded by entry count and by bytes (masks are stored bit-packed)."""
+
+    def __init__(self, max_entries: int, max_bytes: int) -> None:
+        self.max_entries = max_entries
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[str, tuple[np.ndarray, tuple[int, ...]]] = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key: str) -> torch.Tensor | None:
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            self._entries.move_to_end(key)
+        packed, shape = entry
+        count = math.prod(shape)
+        return torch.from_numpy(np.unpackbits(packed, count=count).view(bool).reshape(shape))
+
+    def put(self, key: str, proposals: torch.Tensor) -> None:
+        packed = np.packbits(proposals.numpy().reshape(-1))
+        if self.max_entries == 0 or packed.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            if key in self._entries:
+                return
+            self._entries[key] = (packed, tuple(proposals.shape))
+            self._bytes += packed.nbytes
+            while len(self._entries) > self.max_entries or self._bytes > self.max_bytes:
+                _, (old, _) = self._entries.popitem(last=False)
+                self._bytes -= old.nbytes
+
+
+class ModelRuntime:
+    """The loaded networks, their version, the bounded call queue and the proposal cache."""
+
+    def __init__(
+        self,
+        bundle: ModelBundle,
+        *,
+        version: str,
+        device: torch.device,
+        max_inflight: int = 8,
+        proposal_cache_size: int = 64,
+        proposal_cache_bytes: int = 256 * 2**20,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.version = version
+        self.device = device
+        self.max_inflight = max_inflight
+        self.metrics = metrics or Metrics()
+        self.proposal_cache = ProposalCache(proposal_cache_size, proposal_cache_bytes)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-model")
+        self._inflight = 0
+        self._lock = threading.Lock()
+        self._mean_call_s = 1.0
+
+    @classmethod
+    def load(cls, settings: Settings, metrics: Metrics | None = None) -> "ModelRuntime":
+        """Load the bundle of `settings.model_path` onto `settings.device` and warm it up.
+
+        Raises DeviceError, FileNotFoundError or models.bundle.BundleError.
+        """
+        device = resolve_device(settings.device)
+        bundle = load_bundle(settings.model_path, map_location=device)
+        runtime = cls(
+            bundle,
+            version=model_version(settings.model_path),
+            device=device,
+            max_inflight=settings.max_inflight,
+            proposal_cache_size=settings.proposal_cache_size,
+            proposal_cache_bytes=settings.proposal_cache_mb * 2**20,
+            metrics=metrics,
+        )
+        runtime.warm_up()
+        return runtime
+
+    @property
+    def classes(self) -> list[str]:
+        return self.bundle.classes
+
+    @property
+    def inflight(self) -> int:
+        """Model calls queued or running."""
+        return self._inflight
+
+    def warm_up(self) -> None:
+        """One small prediction, so the first request does not pay for lazy initialisation."""
+        self.segment(np.zeros((64, 64, 3), dtype=np.uint8), score_threshold=1.0)
+
+    async def submit(self, function: Callable[..., T], *args: object) -> T:
+        """Run `function(*args)` on the model thread; raise Overloaded when the queue is full."""
+        with self._lock:
+            if self._inflight >= self.max_inflight:
+                retry_after = max(1, math.ceil(self._mean_call_s * self._inflight))
+                raise Overloaded(self.max_inflight, retry_after)
+            self._inflight += 1
+            self.metrics.model_calls_in_flight.set(self._inflight)
+        future = self._executor.submit(self._timed, function, *args)
+        # Released when the call ends or is cancelled before it starts (client gone).
+        future.add_done_callback(self._release)
+        return await asyncio.wrap_future(future)
+
+    def _timed(self, function: Callable[..., T], *args: object) -> T:
+        start = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            self._mean_call_s = 0.8 * self._mean_call_s + 0.2 * (time.perf_counter() - start)
+
+    def _release(self, _: Future) -> None:
+        with self._lock:
+            self._inflight -= 1
+            self.metrics.model_calls_in_flight.set(self._inflight)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    @torch.inference_mode()
+    def segment(
+        self, image: np.ndarray, *, score_threshold: float = 0.5, max_instances: int | None = None
+    ) -> InstanceSet:
+        """Instances of the prediction network with score >= score_threshold, best first, at
+        most `max_instances`; an instance whose mask is empty after thresholding is dropped.
+
+        image: uint8[H, W, 3] RGB. Returns CPU tensors; boxes are the masks' tight boxes.
+        """
+        tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255
+        with self.metrics.time_model("segment"):
+            output = self.bundle.prediction([tensor])[0]
+        masks = output["masks"][:, 0] > 0.5  # (D, H, W)
+        keep = (output["scores"] >= score_threshold) & masks.flatten(1).any(1)
+        keep = keep.nonzero().squeeze(1)[:max_instances]
+        return InstanceSet.from_masks(
+            masks[keep].cpu(), output["labels"][keep].cpu(), output["scores"][keep].cpu()
+        )
+
+    def proposals(self, image: np.ndarray, boxes: np.ndarray | None = None) -> torch.Tensor:
+        """BoolTensor[P, H, W] segment proposals (box-conditioned with boxes), cached."""
+        settings = self.bundle.proposal_settings
+        key = hashlib.sha256()
+        key.update(repr(image.shape).encode())
+        key.update(np.ascontiguousarray(image).tobytes())
+        key.update(b"" if boxes is None else np.asarray(boxes, dtype=np.float64).tobytes())
+        key.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
+        digest = key.hexdigest()
+        cached = self.proposal_cache.get(digest)
+        self.metrics.proposal_cache.labels("miss" if cached is None else "hit").inc()
+        if cached is not None:
+            return cached
+        with self.metrics.time_model("proposals"):
+            masks = propose(image, boxes, settings=settings)
+        self.proposal_cache.put(digest, masks)
+        return masks
+
+    def hints(
+        self,
+        image_size: tuple[int, int],
+        *,
+        tags: list[str] | None = None,
+        boxes: list[dict] | None = None,
+    ) -> Annotation:
+        """The annotation of class-name `tags` or `{"label", "bbox"}` `boxes` (exactly one).
+
+        image_size: (H, W). Raises ValueError naming the problem (unknown class, with the known
+        ones; a box outside the image or empty).
+        """
+        if (tags is None) == (boxes is None):
+            raise ValueError("give exactly one of tags or boxes")
+        if tags is not None:
+            return tags_from_names(tags, self.classes)
+        return boxes_from_records(boxes, self.classes, image_size)
+
+    def pseudo_labels(
+        self,
+        image: np.ndarray,
+        hints: Annotation | None = None,
+        *,
+        tags: list[str] | None = None,
+        boxes: list[dict] | None = None,
+        k: int = 10,
+        seed: int | None = None,
+    ) -> list[InstanceSet]:
+        """k samples of the conditional network, each consistent with the hints: an
+        Annotation, or class-name `tags`, or `{"label", "bbox"}` `boxes`. The same seed gives
+        the same samples; no seed, a random one.
+
+        Raises ValueError for invalid hints and InconsistentHints (a ValueError) when no
+        consistent segmentation exists among the proposals.
+        """
+        if hints is None:
+            hints = self.hints(image.shape[:2], tags=tags, boxes=boxes)
+        box_array = hints.boxes.numpy() if isinstance(hints, BoxAnnotation) else None
+        proposals = self.proposals(image, box_array)
+        generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+        with self.metrics.time_model("sample"):
+            try:
+                return self.bundle.conditional.sample(image, proposals, hints, k, generator)
+            except ValueError as error:
+                raise InconsistentHints(
+                    f"no segmentation consistent with the hints was found: {error}"
+                ) from error
+
+
+def diversity(samples: list[InstanceSet]) -> float:
+    """Mean task loss Δ over the pairs of samples (0 for fewer than two)."""
+    pairs = list(combinations(samples, 2))
+    return sum(float(delta(a, b)) for a, b in pairs) / len(pairs) if pairs else 0.0

@@ -1,0 +1,189 @@
+"""The app around the model routes: model info, probes, metrics, API keys, JSON errors,
+the in-flight bound (503 + Retry-After) and the lifespan."""
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service.api.deps import get_runtime
+from service.main import create_app
+from service.runtime import ModelRuntime
+from tests.service.conftest import API_KEY, CLASSES, encode, scene_image, upload
+
+
+def test_models_names_the_bundle(client) -> None:
+    response = client.get("/v1/models")
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"].startswith("tiny-model-")
+    assert body["classes"] == CLASSES
+    assert body["preset"] == "tiny"
+    assert body["device"] == "cpu"
+    assert body["metadata"] == {"trained": False, "purpose": "tests"}
+    assert body["proposal_settings"]["max_proposals"] == 40
+
+
+def test_probes(client) -> None:
+    assert client.get("/healthz").json() == {"status": "ok", "checks": {}}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["checks"]["model"] == "ok"
+
+
+class _Backend:
+    def __init__(self, answer: object) -> None:
+        self.answer = answer
+
+    def ping(self) -> bool:
+        if isinstance(self.answer, Exception):
+            raise self.answer
+        return self.answer
+
+
+@pytest.mark.parametrize(
+    ("backend", "status", "check"),
+    [
+        (_Backend(True), 200, "ok"),
+        (_Backend(ConnectionError("redis is down")), 503, "ping failed: ConnectionError"),
+        (_Backend(False), 503, "ping returned false"),
+    ],
+)
+def test_readyz_pings_the_job_backend(make_client, backend, status, check) -> None:
+    with make_client() as client:
+        client.app.state.jobs = backend
+        response = client.get("/readyz")
+        assert response.status_code == status
+        assert response.json()["checks"]["jobs"].startswith(check)
+
+
+def test_without_a_model_v1_routes_and_readyz_are_503(make_settings) -> None:
+    client = TestClient(create_app(make_settings()))  # no `with`: the lifespan never ran
+    assert client.get("/readyz").status_code == 503
+    response = client.get("/v1/models")
+    assert response.status_code == 503
+    assert response.json()["error"]["code"] == "not_ready"
+    assert client.get("/healthz").status_code == 200
+
+
+def test_lifespan_loads_the_bundle_once(make_client) -> None:
+    with make_client(shared_runtime=False) as client:
+        runtime = client.app.state.runtime
+        assert isinstance(runtime, ModelRuntime)
+        assert client.get("/v1/models").json()["model"] == runtime.version
+    assert client.app.state.runtime is None
+
+
+def test_api_keys_guard_v1_routes_only(make_client) -> None:
+    with make_client(api_keys=[API_KEY]) as client:
+        wrong = ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": API_KEY})
+        for headers in wrong:
+            response = client.get("/v1/models", headers=headers)
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+            assert response.headers["www-authenticate"] == "Bearer"
+        refused = client.post("/v1/segment", files=upload(encode(scene_image(0))))
+        assert refused.status_code == 401
+        good = {"Authorization": f"Bearer {API_KEY}"}
+        assert client.get("/v1/models", headers=good).status_code == 200
+        for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+            assert client.get(open_path).status_code == 200, open_path
+
+
+def test_weak_api_keys_are_refused_at_start(make_settings) -> None:
+    with pytest.raises(ValueError, match="at least 16 characters"):
+        make_settings(api_keys=["short"])
+
+
+def test_routing_errors_are_json(client) -> None:
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404
+    assert missing.json() == {"error": {"code": "not_found", "message": "Not Found"}}
+    wrong_method = client.get("/v1/segment")
+    assert wrong_method.status_code == 405
+    assert wrong_method.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_unexpected_errors_are_a_generic_json_500(make_client) -> None:
+    def broken_runtime() -> ModelRuntime:
+        raise RuntimeError("secret internal detail")
+
+    with make_client() as client:
+        client.app.dependency_overrides[get_runtime] = broken_runtime
+        response = client.get("/v1/models")
+        assert response.status_code == 500
+        assert response.json() == {
+            "error": {"code": "internal_error", "message": "internal server error"}
+        }
+
+
+def test_metrics_count_requests_by_route_and_status(client) -> None:
+    client.post("/v1/segment", files=upload(b"not an image"))
+    client.post("/v1/segment", files=upload(encode(scene_image(0))))
+    text = client.get("/metrics").text
+    for series in (
+        'discoseg_http_requests_total{method="POST",route="/v1/segment",status="400"}',
+        'discoseg_http_requests_total{method="POST",route="/v1/segment",status="200"}',
+        'discoseg_http_request_duration_seconds_bucket{le="0.005",method="POST",'
+        'route="/v1/segment",status="200"}',
+        'discoseg_model_duration_seconds_count{operation="segment"}',
+        "discoseg_http_requests_in_flight 1.0",  # the /metrics request itself
+        "discoseg_model_calls_in_flight 0.0",
+        "discoseg_job_queue_depth",
+    ):
+        assert series in text, series
+
+
+def test_calls_beyond_the_inflight_bound_get_503_with_retry_after(
+    runtime, make_settings
+) -> None:
+    bounded = ModelRuntime(
+        runtime.bundle, version=runtime.version, device=runtime.device, max_inflight=1
+    )
+    release = threading.Event()
+    real_segment = bounded.segment
+
+    def blocked_segment(*args, **kwargs):
+        assert release.wait(timeout=30)
+        return real_segment(*args, **kwargs)
+
+    bounded.segment = blocked_segment
+    data = encode(scene_image(0))
+    results = {}
+    with TestClient(create_app(make_settings(), runtime=bounded)) as client:
+        first = threading.Thread(
+            target=lambda: results.update(first=client.post("/v1/segment", files=upload(data)))
+        )
+        first.start()
+        deadline = time.monotonic() + 10
+        while bounded.inflight < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert bounded.inflight == 1
+        for path, form in (("/v1/segment", {}), ("/v1/pseudo-labels", {"tags": "[]"})):
+            refused = client.post(path, files=upload(data), data=form)
+            assert refused.status_code == 503
+            assert refused.json()["error"]["code"] == "overloaded"
+            assert int(refused.headers["retry-after"]) >= 1
+        release.set()
+        first.join(timeout=30)
+        assert results["first"].status_code == 200
+        assert bounded.inflight == 0
+        assert client.post("/v1/segment", files=upload(data)).status_code == 200
+    bounded.close()
+
+
+def test_hints_no_proposal_can_satisfy_are_422(client) -> None:
+    flat = np.full((32, 32, 3), 128, dtype=np.uint8)  # one region: one proposal at most
+    response = client.post(
+        "/v1/pseudo-labels", files=upload(encode(flat)), data={"tags": '["disc", "square"]'}
+    )
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "inconsistent_hints"
+
+
+def test_openapi_documents_the_routes(client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    for path in ("/v1/segment", "/v1/pseudo-labels", "/v1/models", "/healthz", "/readyz"):
+        assert path in paths

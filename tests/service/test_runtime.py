@@ -1,0 +1,66 @@
+"""The model runtime: device choice, model version, proposal cache."""
+
+import re
+
+import numpy as np
+import pytest
+import torch
+
+from service.runtime import DeviceError, ProposalCache, model_version, resolve_device
+from tests.service.conftest import scene_image
+
+
+def test_cpu_is_always_available_and_auto_follows_cuda() -> None:
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
+def test_cuda_without_cuda_is_a_clear_error() -> None:
+    with pytest.raises(DeviceError, match="DISCOSEG_DEVICE=cuda"):
+        resolve_device("cuda")
+
+
+def test_model_version_is_stem_and_hash(bundle_path, tmp_path) -> None:
+    version = model_version(bundle_path)
+    assert re.fullmatch(r"tiny-model-[0-9a-f]{12}", version)
+    changed = tmp_path / "tiny-model.pt"
+    changed.write_bytes(bundle_path.read_bytes() + b"\0")
+    assert model_version(changed) != version
+
+
+def test_proposal_cache_is_a_bounded_lru() -> None:
+    masks = [torch.from_numpy(np.random.default_rng(i).random((3, 9, 7)) > 0.5) for i in range(3)]
+    cache = ProposalCache(max_entries=2, max_bytes=10_000)
+    cache.put("a", masks[0])
+    cache.put("b", masks[1])
+    assert torch.equal(cache.get("a"), masks[0])  # "a" is now the most recent
+    cache.put("c", masks[2])
+    assert cache.get("b") is None
+    assert torch.equal(cache.get("a"), masks[0])
+    assert torch.equal(cache.get("c"), masks[2])
+    tiny = ProposalCache(max_entries=10, max_bytes=20)  # 3 * 9 * 7 bits = 24 bytes
+    tiny.put("a", masks[0])
+    assert len(tiny) == 0
+
+
+def test_proposals_are_computed_once_per_image_and_boxes(runtime) -> None:
+    image = scene_image(11)
+    misses = runtime.metrics.proposal_cache.labels("miss")
+    before = misses._value.get()
+    first = runtime.proposals(image)
+    again = runtime.proposals(image)
+    assert torch.equal(first, again)
+    assert misses._value.get() == before + 1
+    with_box = runtime.proposals(image, np.array([[10.0, 10.0, 60.0, 50.0]]))
+    assert misses._value.get() == before + 2
+    assert with_box.shape[1:] == first.shape[1:]
+
+
+def test_segment_returns_cpu_instances_in_score_order(runtime) -> None:
+    instances = runtime.segment(scene_image(12), score_threshold=0.0, max_instances=5)
+    assert len(instances) <= 5
+    assert instances.masks.dtype == torch.bool and instances.masks.shape[1:] == (96, 96)
+    assert torch.all(instances.scores[:-1] >= instances.scores[1:])
+    assert instances.masks.flatten(1).any(1).all()

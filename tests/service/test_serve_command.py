@@ -1,0 +1,79 @@
+"""`discoseg serve`: bad bundles and devices end with one line and exit code 2; a good bundle
+is served over HTTP."""
+
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from training.cli import app
+
+
+def _serve(*args: str):
+    return CliRunner().invoke(app, ["serve", *args])
+
+
+def _one_error_line(result) -> str:
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, result.output
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+def test_missing_bundle_exits_2(tmp_path) -> None:
+    line = _one_error_line(_serve("--model", str(tmp_path / "absent.pt")))
+    assert "no model bundle at" in line
+
+
+def test_corrupt_bundle_exits_2(tmp_path, bundle_path) -> None:
+    corrupt = tmp_path / "corrupt.pt"
+    corrupt.write_bytes(bundle_path.read_bytes()[:5000])
+    line = _one_error_line(_serve("--model", str(corrupt)))
+    assert "corrupt or truncated" in line
+
+
+def test_unknown_device_exits_2(bundle_path) -> None:
+    line = _one_error_line(_serve("--model", str(bundle_path), "--device", "tpu"))
+    assert "device" in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="asks for CUDA where there is none")
+def test_cuda_without_cuda_exits_2(bundle_path) -> None:
+    line = _one_error_line(_serve("--model", str(bundle_path), "--device", "cuda"))
+    assert "DISCOSEG_DEVICE=cuda" in line
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_serves_the_bundle_over_http(bundle_path) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(bundle_path),
+               "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "the server did not start within 60 s"
+                time.sleep(0.2)
+        assert response.status_code == 200
+        assert response.json()["model"].startswith("tiny-model-")
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,0 +1,60 @@
+"""Training settings, filled by the CLI; defaults are the documented ones."""
+
+from dataclasses import asdict, dataclass
+
+from training.data.dataset import Supervision
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """The DISCO schedule (DESIGN section 5) and its optimisation settings.
+
+    supervision: what training sees: "tags", "boxes", or "masks" (full supervision, the upper
+        bound: only the prediction network is trained, on the ground truth).
+    k: conditional samples per image (pseudo labels in the P-step, Algorithm 1 in the C-step).
+    gamma: γ of the dissimilarity coefficient; the P-step's self-diversity weight is 1 - γ.
+    rounds: P-step + C-step alternations after the warm start; a last P-step follows them.
+    *_epochs: passes over the training images per phase.
+    image_size: images are downscaled so the longer side is at most this (never upscaled).
+    """
+
+    supervision: Supervision = "tags"
+    preset: str = "tiny"
+    k: int = 10
+    gamma: float = 0.5
+    rounds: int = 2
+    warm_start_epochs: int = 6
+    p_epochs: int = 3
+    c_epochs: int = 1
+    final_p_epochs: int = 6
+    lr_conditional: float = 1e-3
+    lr_prediction: float = 3e-4
+    batch_size: int = 2
+    image_size: int = 256
+    max_proposals: int = 300
+    prediction_threshold: float = 0.5
+    seed: int = 0
+    device: str = "auto"
+    backbone_weights: str | None = None
+
+    def __post_init__(self) -> None:
+        checks = {
+            "k must be at least 1": self.k >= 1,
+            "gamma must be in [0, 1]": 0 <= self.gamma <= 1,
+            "rounds must be >= 0": self.rounds >= 0,
+            "epochs must be >= 0": min(
+                self.warm_start_epochs, self.p_epochs, self.c_epochs, self.final_p_epochs
+            )
+            >= 0,
+            "learning rates must be positive": min(self.lr_conditional, self.lr_prediction) > 0,
+            "batch_size must be at least 1": self.batch_size >= 1,
+            "image_size must be at least 32": self.image_size >= 32,
+            "max_proposals must be at least 1": self.max_proposals >= 1,
+            "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
+        }
+        failed = [message for message, ok in checks.items() if not ok]
+        if failed:
+            raise ValueError("; ".join(failed))
+
+    def as_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,48 @@
+"""Multi-GPU and multi-node training through torchrun: each rank trains on its shard of the
+images and gradients are averaged across ranks after every backward pass."""
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Rank:
+    index: int = 0
+    world_size: int = 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+
+def init_distributed(device: torch.device) -> Rank:
+    """Join the process group torchrun describes (WORLD_SIZE > 1), else a single rank."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size <= 1:
+        return Rank()
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return Rank(index=dist.get_rank(), world_size=dist.get_world_size())
+
+
+def average_gradients(modules: list[nn.Module], rank: Rank) -> None:
+    if rank.world_size <= 1:
+        return
+    for module in modules:
+        for parameter in module.parameters():
+            if parameter.grad is not None:
+                dist.all_reduce(parameter.grad)
+                parameter.grad /= rank.world_size
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto: CUDA when present (the rank's local GPU under torchrun), else CPU."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))

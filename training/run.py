@@ -1,0 +1,83 @@
+"""`train`: from a COCO-format dataset to a checkpoint bundle (items, networks, schedule)."""
+
+import logging
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from models.bundle import build_bundle, load_bundle
+from models.conditional import ConditionalConfig
+from models.proposals import ProposalSettings
+from training.config import TrainConfig
+from training.data.coco import CocoDataset
+from training.distributed import init_distributed, resolve_device
+from training.items import TrainingItem, prepare_item
+from training.proposal_cache import ProposalCache
+from training.trainer import Trainer, state_path
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_items(
+    dataset: CocoDataset,
+    indices: list[int],
+    cache: ProposalCache,
+    conditional_config: ConditionalConfig,
+    image_size: int,
+    progress: bool,
+) -> list[TrainingItem]:
+    """Proposals (cached on disk), proposal context and candidate geometry for each image."""
+    return [
+        prepare_item(i, dataset[i], cache, conditional_config, image_size)
+        for i in tqdm(indices, desc="proposals", unit="image", disable=not progress)
+    ]
+
+
+def train(
+    config: TrainConfig,
+    *,
+    annotations: Path,
+    images: Path,
+    out: Path,
+    resume: bool = False,
+    cache_dir: Path | None = None,
+    conditional_config: ConditionalConfig | None = None,
+    progress: bool = True,
+) -> Path:
+    """Train both networks (or, under masks supervision, the prediction network alone) and
+    write the bundle to `out`. Returns `out`."""
+    torch.manual_seed(config.seed)
+    device = resolve_device(config.device)
+    rank = init_distributed(device)
+    dataset = CocoDataset(annotations, images, config.supervision)
+    if len(dataset) == 0:
+        raise ValueError(
+            f"{annotations} has no usable training image ({dataset.skipped.summary()})"
+        )
+    settings = ProposalSettings(max_proposals=config.max_proposals)
+    conditional_config = conditional_config or ConditionalConfig()
+    if resume and out.is_file() and state_path(out).is_file():
+        bundle = load_bundle(out)
+        conditional_config = bundle.conditional.config
+    else:
+        resume = False
+        bundle = build_bundle(
+            classes=dataset.classes,
+            preset=config.preset,
+            conditional_config=conditional_config,
+            proposal_settings=settings,
+            backbone_weights=config.backbone_weights,
+            metadata={"supervision": config.supervision, "train_images": len(dataset)},
+        )
+    bundle.to(device)
+    cache = ProposalCache(cache_dir or out.parent / ".proposals", settings)
+    shard = list(range(rank.index, len(dataset), rank.world_size))
+    items = prepare_items(
+        dataset, shard, cache, conditional_config, config.image_size, progress and rank.is_main
+    )
+    trainer = Trainer(config, bundle, items, out, device, rank=rank, progress=progress)
+    if resume:
+        trainer.load_state()
+    trainer.run()
+    return out

@@ -1,0 +1,138 @@
+"""The loss of one training step of each phase, as named terms (`loss_*` sum to the objective).
+
+Each function takes a batch of training items and the networks, and returns a dict of 0-dim
+tensors; the loop in `training.trainer` does backward and the optimiser step.
+"""
+
+import torch
+from torch import Tensor
+from torchvision.models.detection import MaskRCNN
+
+from models.annotations import TagAnnotation
+from models.conditional import ConditionalNet
+from models.conditional_loss import c_step_outputs, conditional_loss
+from models.inference import consistent_argmax, to_instances
+from models.prediction_loss import pseudo_target_loss
+from models.structures import InstanceSet, mask_boxes
+from models.warm_start import (
+    box_fill_labels,
+    multiple_instance_loss,
+    self_training_loss,
+    tag_self_training_labels,
+)
+from training.config import TrainConfig
+from training.items import TrainingItem
+
+
+def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+    return {key: sum(t[key] for t in terms) / len(terms) for key in terms[0]}
+
+
+def warm_start_loss(
+    batch: list[TrainingItem], conditional: ConditionalNet, device: torch.device
+) -> dict[str, Tensor]:
+    """The conditional network from the annotation alone (models.warm_start)."""
+    box_threshold = conditional.config.inference.box_iou_threshold
+    terms = []
+    for item in batch:
+        scores = conditional(item.tensor.to(device), item.context.to(device), 1)[0].cpu()
+        candidates = item.candidates(box_threshold)
+        if isinstance(item.annotation, TagAnnotation):
+            labels = tag_self_training_labels(scores, candidates, item.annotation)
+            mil = multiple_instance_loss(scores, item.annotation)
+        else:
+            proposal_boxes = mask_boxes(item.proposals())
+            labels = box_fill_labels(candidates, item.annotation, len(scores), proposal_boxes)
+            mil = scores.sum() * 0
+        terms.append({"loss_mil": mil, "loss_self_training": self_training_loss(scores, labels)})
+    return mean_terms(terms)
+
+
+def instance_target(instances: InstanceSet) -> dict[str, Tensor]:
+    """An instance set as a torchvision detection target."""
+    return {
+        "boxes": mask_boxes(instances.masks),
+        "labels": instances.labels,
+        "masks": instances.masks.to(torch.uint8),
+    }
+
+
+@torch.no_grad()
+def pseudo_labels(
+    item: TrainingItem, conditional: ConditionalNet, k: int, device: torch.device
+) -> list[InstanceSet]:
+    """K samples of the conditional network for one item, consistent with its annotation."""
+    scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
+    candidates = item.candidates(conditional.config.inference.box_iou_threshold)
+    inference = conditional.config.inference
+    return [
+        to_instances(consistent_argmax(s, candidates, item.annotation, inference), candidates, s)
+        for s in scores
+    ]
+
+
+def p_step_loss(
+    batch: list[TrainingItem],
+    prediction: MaskRCNN,
+    conditional: ConditionalNet,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Mask R-CNN on K pseudo labels per image, with the self-diversity term."""
+    targets = [
+        [
+            _to_device(instance_target(y), device)
+            for y in pseudo_labels(item, conditional, config.k, device)
+        ]
+        for item in batch
+    ]
+    images = [item.tensor.to(device) for item in batch]
+    return pseudo_target_loss(prediction, images, targets, gamma=config.gamma)
+
+
+def supervised_loss(
+    batch: list[TrainingItem], prediction: MaskRCNN, device: torch.device
+) -> dict[str, Tensor]:
+    """Full supervision (the upper bound): the ground truth is the single target, γ = 1."""
+    targets = [[_to_device(item.target, device)] for item in batch]
+    images = [item.tensor.to(device) for item in batch]
+    return pseudo_target_loss(prediction, images, targets, gamma=1.0)
+
+
+@torch.no_grad()
+def predict_instances(prediction: MaskRCNN, image: Tensor, score_threshold: float) -> InstanceSet:
+    """The prediction network's output y_p: detections scoring at least score_threshold with
+    their masks binarised at 0.5. image: FloatTensor[3, H, W] in [0, 1]."""
+    output = prediction([image])[0]
+    keep = output["scores"] >= score_threshold
+    masks = output["masks"][keep, 0] > 0.5
+    nonempty = masks.flatten(1).any(1)
+    return InstanceSet.from_masks(
+        masks[nonempty].cpu(),
+        output["labels"][keep][nonempty].cpu(),
+        output["scores"][keep][nonempty].cpu(),
+    )
+
+
+def c_step_loss(
+    batch: list[TrainingItem],
+    prediction: MaskRCNN,
+    conditional: ConditionalNet,
+    config: TrainConfig,
+    device: torch.device,
+) -> dict[str, Tensor]:
+    """Algorithm 1 of the seed against the prediction network's outputs."""
+    inference = conditional.config.inference
+    terms = []
+    for item in batch:
+        image = item.tensor.to(device)
+        y_p = predict_instances(prediction, image, config.prediction_threshold)
+        scores = conditional(image, item.context.to(device), config.k).cpu()
+        candidates = item.candidates(inference.box_iou_threshold)
+        outputs = c_step_outputs(scores.detach(), candidates, item.annotation, y_p, inference)
+        terms.append(conditional_loss(scores, candidates, outputs, config.gamma))
+    return mean_terms(terms)
+
+
+def _to_device(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    return {key: value.to(device) for key, value in target.items()}

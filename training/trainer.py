@@ -1,0 +1,199 @@
+"""The alternating DISCO trainer (DESIGN section 5).
+
+Schedule: warm start of the conditional network from the annotation alone, then `rounds` of
+P-step (Mask R-CNN on K pseudo labels) and C-step (Algorithm 1 against the prediction
+network), then a last P-step. Under masks supervision a single supervised phase trains the
+prediction network on the ground truth (the upper bound).
+
+The loop is `run_step` (loss, backward, step); logging, progress and checkpoints are hooks
+called after each step and each phase. A checkpoint bundle and a training state are written
+after every phase; `resume` skips the phases a previous run completed.
+"""
+
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from models.bundle import ModelBundle, save_bundle
+from training.config import TrainConfig
+from training.distributed import Rank, average_gradients
+from training.items import TrainingItem
+from training.steps import c_step_loss, p_step_loss, supervised_loss, warm_start_loss
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # warm_start | p_step | c_step | supervised
+    round: int
+    epochs: int
+
+
+def schedule(config: TrainConfig) -> list[Phase]:
+    if config.supervision == "masks":
+        epochs = config.warm_start_epochs + config.rounds * config.p_epochs + config.final_p_epochs
+        return [Phase("supervised", 0, epochs)]
+    phases = [Phase("warm_start", 0, config.warm_start_epochs)]
+    for r in range(1, config.rounds + 1):
+        phases += [Phase("p_step", r, config.p_epochs), Phase("c_step", r, config.c_epochs)]
+    return [*phases, Phase("p_step", config.rounds + 1, config.final_p_epochs)]
+
+
+def state_path(out: Path) -> Path:
+    return out.with_name(out.name + ".state")
+
+
+def log_path(out: Path) -> Path:
+    return out.with_name(out.name + ".log.jsonl")
+
+
+@dataclass
+class Trainer:
+    config: TrainConfig
+    bundle: ModelBundle
+    items: list[TrainingItem]
+    out: Path
+    device: torch.device
+    rank: Rank = field(default_factory=Rank)
+    completed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.optimizers = {
+            "conditional": torch.optim.Adam(
+                self.bundle.conditional.parameters(), lr=self.config.lr_conditional
+            ),
+            "prediction": torch.optim.AdamW(
+                self.bundle.prediction.parameters(), lr=self.config.lr_prediction, weight_decay=1e-4
+            ),
+        }
+        self.rng = np.random.default_rng(self.config.seed + self.rank.index)
+        self.log_file = log_path(self.out).open("a") if self.rank.is_main else None
+
+    def loss_fn(
+        self, phase: Phase
+    ) -> tuple[Callable[[list[TrainingItem]], dict[str, Tensor]], str]:
+        """The step loss of a phase and the optimiser it trains."""
+        b, c, d = self.bundle, self.config, self.device
+        if phase.name == "warm_start":
+            return (lambda batch: warm_start_loss(batch, b.conditional, d)), "conditional"
+        if phase.name == "c_step":
+            return (
+                lambda batch: c_step_loss(batch, b.prediction, b.conditional, c, d)
+            ), "conditional"
+        if phase.name == "p_step":
+            return (
+                lambda batch: p_step_loss(batch, b.prediction, b.conditional, c, d)
+            ), "prediction"
+        return (lambda batch: supervised_loss(batch, b.prediction, d)), "prediction"
+
+    def set_modes(self, phase: Phase) -> None:
+        """The trained network in train mode, the other one (used for inference) in eval."""
+        trains_conditional = phase.name in ("warm_start", "c_step")
+        self.bundle.conditional.train(trains_conditional)
+        self.bundle.prediction.train(not trains_conditional)
+
+    def run(self) -> None:
+        for index, phase in enumerate(schedule(self.config)):
+            if index < self.completed:
+                continue
+            start = time.perf_counter()
+            self.run_phase(phase)
+            self.completed = index + 1
+            self.after_phase(phase, time.perf_counter() - start)
+
+    def batches(self) -> list[list[TrainingItem]]:
+        order = self.rng.permutation(len(self.items))
+        size = self.config.batch_size
+        return [[self.items[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
+
+    def run_phase(self, phase: Phase) -> None:
+        self.set_modes(phase)
+        loss_fn, trained = self.loss_fn(phase)
+        steps = phase.epochs * math.ceil(len(self.items) / self.config.batch_size)
+        bar = tqdm(
+            total=steps,
+            desc=f"{phase.name} r{phase.round}",
+            unit="step",
+            disable=not (self.progress and self.rank.is_main),
+            dynamic_ncols=True,
+        )
+        with bar:
+            for epoch in range(phase.epochs):
+                for batch in self.batches():
+                    start = time.perf_counter()
+                    terms = self.run_step(batch, loss_fn, trained)
+                    self.after_step(phase, epoch, terms, time.perf_counter() - start, len(batch))
+                    bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()})
+                    bar.update()
+
+    def run_step(self, batch: list[TrainingItem], loss_fn, trained: str) -> dict[str, float]:
+        terms = loss_fn(batch)
+        objective = sum(v for k, v in terms.items() if k.startswith("loss_"))
+        if not torch.isfinite(objective):
+            raise FloatingPointError(
+                f"non-finite loss: { {k: float(v) for k, v in terms.items()} }"
+            )
+        optimizer = self.optimizers[trained]
+        optimizer.zero_grad(set_to_none=True)
+        objective.backward()
+        average_gradients([getattr(self.bundle, trained)], self.rank)
+        optimizer.step()
+        return {k: float(v) for k, v in terms.items()}
+
+    def after_step(
+        self, phase: Phase, epoch: int, terms: dict[str, float], seconds: float, images: int
+    ) -> None:
+        self._log(
+            event="step",
+            phase=phase.name,
+            round=phase.round,
+            epoch=epoch,
+            seconds=round(seconds, 4),
+            images=images,
+            terms=terms,
+        )
+
+    def after_phase(self, phase: Phase, seconds: float) -> None:
+        self._log(event="phase_end", phase=phase.name, round=phase.round, seconds=round(seconds, 2))
+        if self.rank.is_main:
+            self.bundle.metadata.update(
+                {"training": self.config.as_dict(), "completed_phases": self.completed}
+            )
+            save_bundle(self.bundle, self.out)
+            self.save_state()
+
+    def _log(self, **record: object) -> None:
+        if self.log_file is not None:
+            self.log_file.write(json.dumps(record) + "\n")
+            self.log_file.flush()
+
+    def save_state(self) -> None:
+        state = {
+            "config": self.config.as_dict(),
+            "completed": self.completed,
+            "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+            "rng": self.rng.bit_generator.state,
+            "torch_rng": torch.random.get_rng_state(),
+        }
+        torch.save(state, state_path(self.out))
+
+    def load_state(self) -> None:
+        """Continue an interrupted run: restore optimisers, RNGs and the completed phases."""
+        state = torch.load(state_path(self.out), weights_only=False)
+        if state["config"] != self.config.as_dict():
+            raise ValueError(
+                "cannot resume: the training settings differ from the interrupted run's"
+            )
+        self.completed = state["completed"]
+        for name, optimizer in self.optimizers.items():
+            optimizer.load_state_dict(state["optimizers"][name])
+        self.rng.bit_generator.state = state["rng"]
+        torch.random.set_rng_state(state["torch_rng"])
