@@ -1,0 +1,113 @@
+"""Cost of one P-step training step with K pseudo targets against K = 1.
+
+Prints one JSON object: median seconds of a training step (pseudo_target_loss + backward + SGD
+step) with K targets and with one target, timed interleaved, and their ratio (DESIGN section 5
+asks for <= 2 at K = 10).
+
+    python bench/pstep_loss.py --preset tiny --size 256 --k 10 --repeats 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from models.prediction import build_prediction_net
+from models.prediction_loss import pseudo_target_loss
+
+NUM_CLASSES = 5
+
+
+def random_target(size: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """1-4 random rectangles or ellipses of random classes, with their tight boxes."""
+    num = int(torch.randint(1, 5, (), generator=generator))
+    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    masks = []
+    for _ in range(num):
+        x0, y0 = (torch.rand(2, generator=generator) * size * 0.6).tolist()
+        w, h = (torch.rand(2, generator=generator) * size * 0.35 + 8).tolist()
+        if torch.rand((), generator=generator) < 0.5:
+            mask = (xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h)
+        else:
+            cx, cy = x0 + w / 2, y0 + h / 2
+            mask = ((xs - cx) / (w / 2)) ** 2 + ((ys - cy) / (h / 2)) ** 2 <= 1
+        masks.append(mask)
+    masks_t = torch.stack(masks).to(torch.uint8)  # (N, size, size)
+    boxes = []
+    for mask in masks_t:
+        rows, cols = torch.where(mask > 0)
+        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
+    return {
+        "boxes": torch.tensor(boxes, dtype=torch.float32),
+        "labels": torch.randint(1, NUM_CLASSES + 1, (num,), generator=generator),
+        "masks": masks_t,
+    }
+
+
+def make_step(preset: str, size: int, k: int, batch: int) -> Callable[[], None]:
+    """One training step (loss, backward, SGD step) with `k` pseudo targets per image."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    model = build_prediction_net(preset=preset, num_classes=NUM_CLASSES)
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    images = [torch.rand(3, size, size, generator=generator) for _ in range(batch)]
+    targets = [[random_target(size, generator) for _ in range(k)] for _ in range(batch)]
+
+    def step() -> None:
+        losses = pseudo_target_loss(model, images, targets)
+        loss = sum(v for name, v in losses.items() if name.startswith("loss_"))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def seconds(step: Callable[[], None]) -> float:
+    start = time.perf_counter()
+    step()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="tiny")
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--batch", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    step_k = make_step(args.preset, args.size, args.k, args.batch)
+    step_1 = make_step(args.preset, args.size, 1, args.batch)
+    for _ in range(args.warmup):
+        step_k()
+        step_1()
+    # interleaved, so that load from other processes hits both alike
+    times_k, times_1 = [], []
+    for _ in range(args.repeats):
+        times_k.append(seconds(step_k))
+        times_1.append(seconds(step_1))
+    seconds_k, seconds_1 = statistics.median(times_k), statistics.median(times_1)
+    result = {
+        **vars(args),
+        f"step_s_k{args.k}": round(seconds_k, 4),
+        "step_s_k1": round(seconds_1, 4),
+        "ratio": round(seconds_k / seconds_1, 3),
+        # the fastest run of each is the one least disturbed by other processes
+        "ratio_of_fastest": round(min(times_k) / min(times_1), 3),
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
