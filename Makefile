@@ -4,7 +4,10 @@ PYTHON := $(VENV)/bin/python
 DEPS_HASH := $(shell cat pyproject.toml constraints.txt | sha256sum | cut -c1-16)
 STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
-.PHONY: install test lint bench
+DEMO := .cache/demo
+DEMO_MODEL := $(DEMO)/model.pt
+
+.PHONY: install test lint bench run demo-model
 
 install: $(STAMP)
 
@@ -14,6 +17,19 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m pip install --quiet -c constraints.txt -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $@
+
+# The demo model: a synthetic dataset and the tiny preset trained from image tags (a few
+# minutes on two CPU cores, once; the bundle is cached in .cache/demo).
+$(DEMO_MODEL): | $(STAMP)
+	$(VENV)/bin/discoseg make-data $(DEMO)/data --n 120 --size 256 --seed 0
+	$(VENV)/bin/discoseg train --data $(DEMO)/data/train.json --images $(DEMO)/data \
+		--supervision tags --preset tiny --out $(DEMO_MODEL)
+
+demo-model: $(DEMO_MODEL)
+
+# Serves the API on http://127.0.0.1:8000 with batch jobs on the embedded backend.
+run: $(DEMO_MODEL)
+	$(VENV)/bin/discoseg serve --model $(DEMO_MODEL) --host 127.0.0.1 --port 8000
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -4,7 +4,11 @@ import typer
 
 from service.serve_command import serve
 from service.worker_command import worker
+from training.evaluate_command import evaluate
 from training.make_data_command import make_data
+from training.predict_command import predict
+from training.proposals_command import proposals
+from training.train_command import train_command
 
 app = typer.Typer(
     name="discoseg",
@@ -20,6 +24,10 @@ def main() -> None:
 
 
 app.command("make-data")(make_data)
+app.command("train")(train_command)
+app.command("predict")(predict)
+app.command("evaluate")(evaluate)
+app.command("proposals")(proposals)
 app.command("worker")(worker)
 app.command("serve")(serve)
 

@@ -149,5 +149,9 @@ def prepare_item(
         packed_proposals=np.packbits(proposals.numpy().ravel()),
         proposal_shape=tuple(proposals.shape),
         context=describe_proposals(image, proposals, config),
-        geometry={"intersection": candidates.intersection},
+        geometry={
+            "intersection": candidates.intersection,
+            "areas": candidates.areas,
+            "boxes": candidates.boxes,
+        },
     )

@@ -9,6 +9,7 @@ import hashlib
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,7 @@ class ProposalCache:
         if path.is_file():
             try:
                 return _read(path)
-            except (OSError, ValueError, KeyError):
+            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
                 path.unlink(missing_ok=True)  # a damaged entry is recomputed
         proposals = propose(image, boxes, settings=self.settings)
         _write(path, proposals)

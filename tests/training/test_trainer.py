@@ -1,0 +1,153 @@
+import dataclasses
+import json
+import math
+
+import pytest
+import torch
+
+import training.trainer as trainer_module
+from models.bundle import load_bundle
+from models.conditional import ConditionalConfig
+from training.config import TrainConfig
+from training.data.synthetic import CLASSES, generate_dataset
+from training.run import train
+from training.trainer import Trainer, log_path, schedule, state_path
+
+SMALL_CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
+TINY = TrainConfig(
+    k=2,
+    rounds=0,
+    warm_start_epochs=1,
+    p_epochs=1,
+    c_epochs=1,
+    final_p_epochs=1,
+    batch_size=2,
+    image_size=48,
+    max_proposals=30,
+    device="cpu",
+)
+STEPS_PER_EPOCH = 2  # 3 training images in batches of 2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """On few shared cores a second intra-op thread makes steps many times slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train_json, _ = generate_dataset(root, n=4, size=48, seed=0, val_fraction=0.25)
+    return train_json, root
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("proposals")
+
+
+def run(config, data, cache_dir, out, resume=False):
+    train_json, root = data
+    return train(
+        config,
+        annotations=train_json,
+        images=root,
+        out=out,
+        resume=resume,
+        cache_dir=cache_dir,
+        conditional_config=SMALL_CONDITIONAL,
+        progress=False,
+    )
+
+
+def read_log(out):
+    return [json.loads(line) for line in log_path(out).read_text().splitlines()]
+
+
+def phase_ends(records):
+    return [(r["phase"], r["round"]) for r in records if r["event"] == "phase_end"]
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        dataclasses.replace(TINY, supervision="tags", rounds=1),
+        dataclasses.replace(TINY, supervision="boxes"),
+        dataclasses.replace(TINY, supervision="masks"),
+    ],
+    ids=lambda c: c.supervision,
+)
+def test_train_writes_bundle_log_and_state(data, cache_dir, tmp_path, config):
+    out = tmp_path / "model.pt"
+    assert run(config, data, cache_dir, out) == out
+
+    phases = schedule(config)
+    bundle = load_bundle(out)
+    assert bundle.classes == list(CLASSES)
+    assert bundle.metadata["completed_phases"] == len(phases)
+    assert bundle.metadata["training"]["supervision"] == config.supervision
+    assert torch.load(state_path(out), weights_only=False)["completed"] == len(phases)
+
+    records = read_log(out)
+    assert phase_ends(records) == [(p.name, p.round) for p in phases]
+    steps = [r for r in records if r["event"] == "step"]
+    assert len(steps) == sum(p.epochs for p in phases) * STEPS_PER_EPOCH
+    for step in steps:
+        losses = {k: v for k, v in step["terms"].items() if k.startswith("loss_")}
+        assert losses and all(math.isfinite(v) for v in losses.values())
+    if config.supervision == "masks":
+        assert {r["phase"] for r in steps} == {"supervised"}
+    else:
+        assert {"warm_start", "p_step"} <= {r["phase"] for r in steps}
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model.pt"
+    config = dataclasses.replace(TINY, supervision="tags")
+    save_phase = Trainer.after_phase
+
+    def save_then_stop(self, phase, seconds):
+        save_phase(self, phase, seconds)
+        raise Interrupted
+
+    monkeypatch.setattr(Trainer, "after_phase", save_then_stop)
+    with pytest.raises(Interrupted):
+        run(config, data, cache_dir, out)
+    monkeypatch.undo()
+    assert phase_ends(read_log(out)) == [("warm_start", 0)]
+    warm_started = load_bundle(out).conditional.state_dict()
+
+    changed = dataclasses.replace(config, gamma=0.25)
+    with pytest.raises(ValueError, match="settings differ"):
+        run(changed, data, cache_dir, out, resume=True)
+    assert phase_ends(read_log(out)) == [("warm_start", 0)]
+
+    run(config, data, cache_dir, out, resume=True)
+    records = read_log(out)
+    assert phase_ends(records) == [("warm_start", 0), ("p_step", 1)]
+    warm_start_steps = [r for r in records if r["event"] == "step" and r["phase"] == "warm_start"]
+    assert len(warm_start_steps) == STEPS_PER_EPOCH, "the warm start must not run again"
+    resumed = load_bundle(out)
+    assert resumed.metadata["completed_phases"] == 2
+    # the P-step trains only the prediction network: the warm-started weights are kept
+    for name, value in resumed.conditional.state_dict().items():
+        assert torch.equal(value, warm_started[name]), name
+
+
+def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
+    def nan_loss(batch, conditional, device):
+        return {"loss_mil": torch.tensor(float("nan"), requires_grad=True)}
+
+    monkeypatch.setattr(trainer_module, "warm_start_loss", nan_loss)
+    out = tmp_path / "model.pt"
+    with pytest.raises(FloatingPointError, match="loss_mil"):
+        run(dataclasses.replace(TINY, supervision="tags"), data, cache_dir, out)
+    assert not out.exists(), "no bundle may be written from a diverged phase"

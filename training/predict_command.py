@@ -1,0 +1,80 @@
+"""`discoseg predict`: a model bundle's instances on image files, as a COCO results file."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.errors import DEVICES, check_choice, fail, user_errors
+
+DEFAULT_SCORE_THRESHOLD = 0.05
+
+ScoreThreshold = Annotated[
+    float,
+    typer.Option(
+        "--score-threshold", help="Keep detections scoring at least this, in [0, 1]."
+    ),
+]
+Device = Annotated[
+    str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the model runs.")
+]
+Progress = Annotated[
+    bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
+]
+
+
+def check_score_threshold(score_threshold: float) -> None:
+    if not 0 <= score_threshold <= 1:
+        fail(f"--score-threshold must be in [0, 1], got {score_threshold}")
+
+
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="Model bundle written by `train`.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files to segment.")],
+    out: Annotated[Path, typer.Option("--out", help="COCO results JSON to write.")],
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            "--data",
+            help="COCO JSON the images belong to: image ids are its ids (an image matches the "
+            "entry whose file_name its path ends with, else the one with its base name) and "
+            "category ids its ids of the model's class names. Without it image ids are "
+            "1..n in argument order and category l is the model's class l.",
+        ),
+    ] = None,
+    score_threshold: ScoreThreshold = DEFAULT_SCORE_THRESHOLD,
+    device: Device = "auto",
+    progress: Progress = True,
+) -> None:
+    """Segment images with a trained model and write COCO results.
+
+    One record per instance: image_id, category_id, score, segmentation (RLE
+    with str counts) and bbox (x, y, width, height).
+    """
+    check_score_threshold(score_threshold)
+    check_choice("--device", device, DEVICES)
+    from models.bundle import load_bundle
+    from training.distributed import resolve_device
+    from training.predict import CocoIndex, coco_results
+
+    with user_errors():
+        missing = [str(path) for path in images if not path.is_file()]
+        if missing:
+            raise FileNotFoundError(f"image file(s) not found: {', '.join(missing)}")
+        bundle = load_bundle(model)
+        if data is None:
+            image_ids, category_ids = list(range(1, len(images) + 1)), None
+        else:
+            index = CocoIndex.read(data)
+            image_ids, category_ids = index.image_ids(images), index.category_ids(bundle.classes)
+        results = coco_results(
+            bundle,
+            list(zip(image_ids, images, strict=True)),
+            category_ids=category_ids,
+            score_threshold=score_threshold,
+            device=resolve_device(device),
+            progress=progress,
+        )
+        out.write_text(json.dumps(results))
+    typer.echo(f"wrote {len(results)} instances on {len(images)} images to {out}")

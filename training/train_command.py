@@ -1,0 +1,270 @@
+"""`discoseg train`: a COCO-format dataset in, a model bundle out (DESIGN section 5)."""
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from training.config import TrainConfig
+from training.data.dataset import SUPERVISION_MODES
+from training.errors import check_choice, fail, user_errors
+
+DEFAULTS = TrainConfig()
+_TRAINING = "Training schedule"
+_OPTIMISATION = "Optimisation"
+_DATA = "Data and proposals"
+_RUN = "Run"
+
+
+def train_command(
+    data: Annotated[
+        Path, typer.Option("--data", help="COCO annotation JSON of the training images.")
+    ],
+    images: Annotated[
+        Path,
+        typer.Option("--images", help="Folder the JSON's image file_name entries are relative to."),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            help="Model bundle to write after every phase; OUT.state (for --resume) and "
+            "OUT.log.jsonl (one JSON record per step and per phase) are written beside it.",
+        ),
+    ],
+    supervision: Annotated[
+        str,
+        typer.Option(
+            "--supervision",
+            metavar="|".join(SUPERVISION_MODES),
+            help="What training sees of the annotation: image-level tags, boxes, or masks "
+            "(full supervision: trains the prediction network alone, the upper bound).",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.supervision,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            metavar="tiny|small|paper",
+            help="Size of the Mask R-CNN: tiny (ResNet-18, CPU-friendly), small (ResNet-18 at "
+            "half resolution), paper (ResNet-50-FPN, torchvision's defaults).",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.preset,
+    k: Annotated[
+        int,
+        typer.Option(
+            "--k",
+            help="Conditional samples per image: pseudo labels per P-step image, samples of "
+            "Algorithm 1 in the C-step.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.k,
+    gamma: Annotated[
+        float,
+        typer.Option(
+            "--gamma",
+            help="γ of the dissimilarity coefficient, in [0, 1]; the P-step's self-diversity "
+            "weight is 1 - γ.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.gamma,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            help="P-step + C-step alternations after the warm start; a last P-step follows.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.rounds,
+    warm_start_epochs: Annotated[
+        int,
+        typer.Option(
+            "--warm-start-epochs",
+            help="Epochs of the conditional network's warm start from the annotation alone.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.warm_start_epochs,
+    p_epochs: Annotated[
+        int,
+        typer.Option(
+            "--p-epochs", help="Epochs of each round's P-step.", rich_help_panel=_TRAINING
+        ),
+    ] = DEFAULTS.p_epochs,
+    c_epochs: Annotated[
+        int,
+        typer.Option(
+            "--c-epochs", help="Epochs of each round's C-step.", rich_help_panel=_TRAINING
+        ),
+    ] = DEFAULTS.c_epochs,
+    final_p_epochs: Annotated[
+        int,
+        typer.Option(
+            "--final-p-epochs",
+            help="Epochs of the last P-step. Under masks supervision the single supervised "
+            "phase runs warm-start + rounds * p + final-p epochs.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.final_p_epochs,
+    lr_conditional: Annotated[
+        float,
+        typer.Option(
+            "--lr-conditional",
+            help="Adam learning rate of the conditional network.",
+            rich_help_panel=_OPTIMISATION,
+        ),
+    ] = DEFAULTS.lr_conditional,
+    lr_prediction: Annotated[
+        float,
+        typer.Option(
+            "--lr-prediction",
+            help="AdamW learning rate of the prediction network (Mask R-CNN).",
+            rich_help_panel=_OPTIMISATION,
+        ),
+    ] = DEFAULTS.lr_prediction,
+    batch_size: Annotated[
+        int,
+        typer.Option(
+            "--batch-size",
+            help="Images per step (per process under torchrun).",
+            rich_help_panel=_OPTIMISATION,
+        ),
+    ] = DEFAULTS.batch_size,
+    seed: Annotated[
+        int,
+        typer.Option(
+            "--seed",
+            help="Seed of initialisation, sampling and batch order.",
+            rich_help_panel=_OPTIMISATION,
+        ),
+    ] = DEFAULTS.seed,
+    image_size: Annotated[
+        int,
+        typer.Option(
+            "--image-size",
+            help="Images are downscaled so the longer side is at most this (never upscaled).",
+            rich_help_panel=_DATA,
+        ),
+    ] = DEFAULTS.image_size,
+    max_proposals: Annotated[
+        int,
+        typer.Option(
+            "--max-proposals",
+            help="Segment proposals per image (box-conditioned ones come on top).",
+            rich_help_panel=_DATA,
+        ),
+    ] = DEFAULTS.max_proposals,
+    prediction_threshold: Annotated[
+        float,
+        typer.Option(
+            "--prediction-threshold",
+            help="Score from which a prediction-network detection counts as an instance of "
+            "y_p in the C-step.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.prediction_threshold,
+    backbone_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--backbone-weights",
+            metavar="FILE|ENUM",
+            help="ImageNet weights of the ResNet body: a torch.save'd state_dict file, or a "
+            "torchvision weights enum such as ResNet18_Weights.IMAGENET1K_V1 (downloaded). "
+            "Default: random initialisation.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.backbone_weights,
+    cache_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--cache-dir",
+            help="Where proposals are cached between runs (default: .proposals beside OUT).",
+            rich_help_panel=_DATA,
+        ),
+    ] = None,
+    device: Annotated[
+        str,
+        typer.Option(
+            "--device",
+            metavar="auto|cpu|cuda",
+            help="auto: CUDA when present (each torchrun process takes its LOCAL_RANK GPU).",
+            rich_help_panel=_RUN,
+        ),
+    ] = DEFAULTS.device,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue an interrupted run from OUT and OUT.state, skipping the phases it "
+            "completed; the settings must be the same as the interrupted run's.",
+            rich_help_panel=_RUN,
+        ),
+    ] = False,
+    progress: Annotated[
+        bool,
+        typer.Option("--progress/--no-progress", help="Show progress bars.", rich_help_panel=_RUN),
+    ] = True,
+) -> None:
+    """Train a model from tags, boxes or masks and write a model bundle.
+
+    DISCO schedule: a warm start of the conditional network from the annotation
+    alone, then --rounds of P-step (Mask R-CNN on K samples) and C-step, then a
+    last P-step.
+
+    Several GPUs or nodes: run the same command through torchrun, e.g.
+    torchrun --nproc-per-node 4 -m training.cli train --data ... --out model.pt
+    (each process trains on its share of the images; gradients are averaged).
+    """
+    check_choice("--supervision", supervision, SUPERVISION_MODES)
+    # Imported here so that `--help` and option errors do not pay for torch.
+    from models.prediction import PRESETS
+    from training.run import train
+    from training.trainer import log_path, state_path
+
+    check_choice("--preset", preset, list(PRESETS))
+    if out.is_dir():
+        fail(f"--out must be a bundle file, {out} is a folder")
+    with user_errors():
+        config = TrainConfig(
+            supervision=supervision,
+            preset=preset,
+            k=k,
+            gamma=gamma,
+            rounds=rounds,
+            warm_start_epochs=warm_start_epochs,
+            p_epochs=p_epochs,
+            c_epochs=c_epochs,
+            final_p_epochs=final_p_epochs,
+            lr_conditional=lr_conditional,
+            lr_prediction=lr_prediction,
+            batch_size=batch_size,
+            image_size=image_size,
+            max_proposals=max_proposals,
+            prediction_threshold=prediction_threshold,
+            seed=seed,
+            device=device,
+            backbone_weights=backbone_weights,
+        )
+    main_process = os.environ.get("RANK", "0") == "0"
+    resumable = out.is_file() and state_path(out).is_file()
+    if resume and not resumable and main_process:
+        typer.echo(f"nothing to resume at {out}: starting a new run", err=True)
+    if not resume and main_process:
+        log_path(out).unlink(missing_ok=True)  # a new run's log describes only the new bundle
+    try:
+        with user_errors():
+            train(
+                config,
+                annotations=data,
+                images=images,
+                out=out,
+                resume=resume,
+                cache_dir=cache_dir,
+                progress=progress,
+            )
+    except FloatingPointError as error:
+        fail(f"training diverged ({error}); {out} holds the last completed phase", code=1)
+    if main_process:
+        typer.echo(f"wrote {out} (log {log_path(out)})")
