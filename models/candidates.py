@@ -71,9 +71,10 @@ class Candidates:
 
 def tag_candidates(proposals: Tensor) -> Candidates:
     """Every non-empty proposal is a candidate. proposals: BoolTensor[P, H, W]."""
-    keep = proposals.flatten(1).any(1).nonzero().squeeze(1)
+    nonempty = proposals.flatten(1).any(1)
+    keep = nonempty.nonzero().squeeze(1)
     return Candidates(
-        masks=proposals[keep],
+        masks=proposals if bool(nonempty.all()) else proposals[keep],
         proposal_ids=keep,
         box_ids=torch.full_like(keep, -1),
     )

@@ -7,8 +7,9 @@ descriptors, are scored for C+1 classes by a small MLP (applied after pooling, w
 seed's 1x1 conv to classes commutes with it) and refined by the boundary-aware pairwise term.
 Annotation-consistent inference turns each sample's scores into an instance segmentation.
 
-Two choices of ours, both for cost and diversity on a CPU: the trunk's features are pooled on a
-grid of stride `pool_stride` (masks weigh each cell by the share of it they cover), and z_k is
+Three choices of ours, for cost and diversity on a CPU: the trunk runs on the image scaled by
+`trunk_scale` (features are pooled on a coarser grid anyway), its features are pooled on a grid
+of stride `pool_stride` (masks weigh each cell by the share of it they cover), and z_k is
 drawn uniform in [-1, 1] on a coarse `noise_grid` and upsampled bilinearly, so it varies
 smoothly: i.i.d. per-pixel noise would average out inside any large proposal.
 """
@@ -37,6 +38,7 @@ class ConditionalConfig:
     """Architecture and inference settings of the conditional network."""
 
     trunk_widths: tuple[int, ...] = (16, 32, 64, 128)
+    trunk_scale: float = 0.5
     feature_channels: int = 32
     hidden_channels: int = 128
     pool_stride: int = 4
@@ -143,7 +145,12 @@ class ConditionalNet(nn.Module):
 
     def trunk_features(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
         """image: FloatTensor[3, H, W] in [0, 1] -> FloatTensor[C_t, h, w] on the pooling grid."""
-        features = self.trunk(((image - self.image_mean) / self.image_std)[None])
+        normalised = ((image - self.image_mean) / self.image_std)[None]
+        if self.config.trunk_scale != 1:
+            normalised = F.interpolate(
+                normalised, scale_factor=self.config.trunk_scale, mode="area"
+            )
+        features = self.trunk(normalised)
         return F.interpolate(features, size=grid, mode="area")[0]
 
     def draw_noise(

@@ -17,6 +17,9 @@ from models.structures import mask_boxes
 
 SHAPE_GRID = 6
 DESCRIPTOR_SIZE = SHAPE_GRID * SHAPE_GRID + 21
+# Columns of the colour contrast against the surrounding ring and of the edge objectness cue.
+CONTRAST_COLUMN = SHAPE_GRID * SHAPE_GRID + 16
+OBJECTNESS_COLUMN = DESCRIPTOR_SIZE - 1
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,13 @@ def dilate(masks: Tensor, radius: int = 1) -> Tensor:
 
 def erode(masks: Tensor, radius: int = 1) -> Tensor:
     return 1 - dilate(1 - masks, radius)
+
+
+def objectness_prior(descriptors: Tensor) -> Tensor:
+    """FloatTensor[P]: how much a proposal looks like one whole object, before any training:
+    its colour contrast with the ring around it plus edge strength along its contour against
+    inside and outside it. descriptors: FloatTensor[P, DESCRIPTOR_SIZE]."""
+    return descriptors[:, CONTRAST_COLUMN] + descriptors[:, OBJECTNESS_COLUMN]
 
 
 def _weighted_mean(weights: Tensor, values: Tensor) -> Tensor:

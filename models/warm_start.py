@@ -1,12 +1,14 @@
 """Warm-start losses of the conditional network, trained from the annotation alone before the
 first P-step (DESIGN section 5), when there is no prediction network output yet.
 
-- tags: a WSDDN-style multiple-instance loss (classification softmax over classes times
-  detection softmax over proposals, summed into image-level class scores, binary cross-entropy
-  against the tags), plus OICR-style self-training with a completeness rule: for each tag, among
-  the proposals the classifier gives at least half its best probability for the class, the one
-  covering most of them is the seed; proposals overlapping the seed (IoU >= 0.5) become
-  positives of the class, proposals that overlap no seed become background.
+- tags: a WSDDN-style multiple-instance loss: a classification softmax over classes times a
+  detection softmax over proposals, summed into image-level class scores, with binary
+  cross-entropy against the tags. The detection logits are the class scores plus
+  `prior_weight` times an objectness prior of the proposal (models.descriptors): with learned
+  logits alone the detection stream settles on whatever region predicts the tags best, often
+  the whole image or a piece of an object. On top, OICR-style self-training: the top proposal of
+  each tag under the detection stream is the seed, proposals overlapping it (IoU >= 0.5) become
+  positives of the tag, proposals overlapping no seed become background.
 - boxes: inside each box, clipped proposals that fill it tightly (tight-box IoU >= 0.8) are
   positives of the box's class; proposals that touch no box, and those inside a box that cover
   little of it, are background.
@@ -23,11 +25,19 @@ from models.candidates import Candidates
 IGNORE = -1
 
 
-def multiple_instance_loss(scores: Tensor, tags: TagAnnotation) -> Tensor:
-    """WSDDN image-level loss. scores: FloatTensor[P, C+1] -> 0-dim loss."""
-    classification = scores.softmax(dim=1)[:, 1:]  # (P, C)
-    detection = scores[:, 1:].softmax(dim=0)  # (P, C)
-    image_scores = (classification * detection).sum(dim=0).clamp(1e-6, 1 - 1e-6)  # (C,)
+def detection_scores(scores: Tensor, prior: Tensor, prior_weight: float) -> Tensor:
+    """FloatTensor[P, C]: WSDDN's classification stream times its prior-biased detection
+    stream. scores: FloatTensor[P, C+1]; prior: FloatTensor[P]."""
+    classification = scores.softmax(dim=1)[:, 1:]  # (P, C) over classes
+    detection = (scores[:, 1:] + prior_weight * prior[:, None]).softmax(dim=0)  # over proposals
+    return classification * detection
+
+
+def multiple_instance_loss(
+    scores: Tensor, tags: TagAnnotation, prior: Tensor, prior_weight: float
+) -> Tensor:
+    """Image-level binary cross-entropy of the summed detection scores against the tags."""
+    image_scores = detection_scores(scores, prior, prior_weight).sum(dim=0).clamp(1e-6, 1 - 1e-6)
     target = torch.zeros_like(image_scores)
     target[torch.tensor(tags.labels, dtype=torch.int64) - 1] = 1.0
     return F.binary_cross_entropy(image_scores, target)
@@ -35,28 +45,25 @@ def multiple_instance_loss(scores: Tensor, tags: TagAnnotation) -> Tensor:
 
 @torch.no_grad()
 def tag_self_training_labels(
-    scores: Tensor, candidates: Candidates, tags: TagAnnotation, positive_iou: float = 0.5
+    scores: Tensor,
+    candidates: Candidates,
+    tags: TagAnnotation,
+    prior: Tensor,
+    prior_weight: float,
+    positive_iou: float = 0.5,
 ) -> Tensor:
     """Int64Tensor[P]: a class per proposal, 0 for background, IGNORE for undecided.
 
     scores: FloatTensor[P, C+1]; candidates: every proposal (tag_candidates).
     """
-    num_proposals = scores.shape[0]
-    labels = torch.full((num_proposals,), IGNORE, dtype=torch.int64)
-    probabilities = scores.softmax(dim=1)
-    proposal_ids = candidates.proposal_ids
-    iou = candidates.iou
+    labels = torch.full((scores.shape[0],), IGNORE, dtype=torch.int64)
+    detection = detection_scores(scores, prior, prior_weight)[candidates.proposal_ids]
     covered = torch.zeros(len(candidates), dtype=torch.bool)
     for label in tags.labels:
-        p = probabilities[proposal_ids, label]
-        confident = p >= 0.5 * p.max()
-        # Completeness: the seed is the confident proposal that covers most of the confident ones.
-        coverage = (candidates.intersection[:, confident] / candidates.areas[confident]).sum(1)
-        seed = int(torch.where(confident, coverage, torch.full_like(coverage, -1.0)).argmax())
-        positives = iou[seed] >= positive_iou
-        labels[proposal_ids[positives]] = label
+        seed = int(detection[:, label - 1].argmax())
+        labels[candidates.proposal_ids[candidates.iou[seed] >= positive_iou]] = label
         covered |= candidates.intersection[seed] > 0
-    labels[proposal_ids[~covered]] = 0
+    labels[candidates.proposal_ids[~covered]] = 0
     return labels
 
 

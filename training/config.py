@@ -15,6 +15,7 @@ class TrainConfig:
     gamma: γ of the dissimilarity coefficient; the P-step's self-diversity weight is 1 - γ.
     rounds: P-step + C-step alternations after the warm start; a last P-step follows them.
     *_epochs: passes over the training images per phase.
+    prior_weight: weight of the objectness prior in the warm start's detection stream.
     image_size: images are downscaled so the longer side is at most this (never upscaled).
     """
 
@@ -27,6 +28,7 @@ class TrainConfig:
     p_epochs: int = 3
     c_epochs: int = 1
     final_p_epochs: int = 6
+    prior_weight: float = 10.0
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
     batch_size: int = 2

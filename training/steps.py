@@ -11,6 +11,7 @@ from torchvision.models.detection import MaskRCNN
 from models.annotations import TagAnnotation
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
+from models.descriptors import objectness_prior
 from models.inference import consistent_argmax, to_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
@@ -29,7 +30,10 @@ def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def warm_start_loss(
-    batch: list[TrainingItem], conditional: ConditionalNet, device: torch.device
+    batch: list[TrainingItem],
+    conditional: ConditionalNet,
+    device: torch.device,
+    prior_weight: float,
 ) -> dict[str, Tensor]:
     """The conditional network from the annotation alone (models.warm_start)."""
     box_threshold = conditional.config.inference.box_iou_threshold
@@ -38,8 +42,11 @@ def warm_start_loss(
         scores = conditional(item.tensor.to(device), item.context.to(device), 1)[0].cpu()
         candidates = item.candidates(box_threshold)
         if isinstance(item.annotation, TagAnnotation):
-            labels = tag_self_training_labels(scores, candidates, item.annotation)
-            mil = multiple_instance_loss(scores, item.annotation)
+            prior = objectness_prior(item.context.descriptors)
+            labels = tag_self_training_labels(
+                scores, candidates, item.annotation, prior, prior_weight
+            )
+            mil = multiple_instance_loss(scores, item.annotation, prior, prior_weight)
         else:
             proposal_boxes = mask_boxes(item.proposals())
             labels = box_fill_labels(candidates, item.annotation, len(scores), proposal_boxes)

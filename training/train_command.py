@@ -108,6 +108,14 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.final_p_epochs,
+    prior_weight: Annotated[
+        float,
+        typer.Option(
+            "--prior-weight",
+            help="Weight of the objectness prior in the warm start's detection stream (tags).",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.prior_weight,
     lr_conditional: Annotated[
         float,
         typer.Option(
@@ -237,6 +245,7 @@ def train_command(
             p_epochs=p_epochs,
             c_epochs=c_epochs,
             final_p_epochs=final_p_epochs,
+            prior_weight=prior_weight,
             lr_conditional=lr_conditional,
             lr_prediction=lr_prediction,
             batch_size=batch_size,

@@ -83,7 +83,9 @@ class Trainer:
         """The step loss of a phase and the optimiser it trains."""
         b, c, d = self.bundle, self.config, self.device
         if phase.name == "warm_start":
-            return (lambda batch: warm_start_loss(batch, b.conditional, d)), "conditional"
+            return (
+                lambda batch: warm_start_loss(batch, b.conditional, d, c.prior_weight)
+            ), "conditional"
         if phase.name == "c_step":
             return (
                 lambda batch: c_step_loss(batch, b.prediction, b.conditional, c, d)
