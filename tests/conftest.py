@@ -9,3 +9,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip_gpu)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Tests run small tensors beside servers and workers they start: one thread per process
+    # avoids oversubscribing the cores (torch's pool of 2 threads costs more than it gives).
+    torch.set_num_threads(1)
