@@ -16,6 +16,8 @@ class TrainConfig:
     rounds: P-step + C-step alternations after the warm start; a last P-step follows them.
     *_epochs: passes over the training images per phase.
     prior_weight: weight of the objectness prior in the warm start's detection stream.
+    baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
+        the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
     image_size: images are downscaled so the longer side is at most this (never upscaled).
     """
 
@@ -25,9 +27,9 @@ class TrainConfig:
     gamma: float = 0.5
     rounds: int = 2
     warm_start_epochs: int = 6
-    p_epochs: int = 3
+    p_epochs: int = 2
     c_epochs: int = 1
-    final_p_epochs: int = 6
+    final_p_epochs: int = 3
     prior_weight: float = 10.0
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
@@ -38,6 +40,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backbone_weights: str | None = None
+    baseline: str | None = None
 
     def __post_init__(self) -> None:
         checks = {
@@ -53,6 +56,8 @@ class TrainConfig:
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,
             "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
+            "baseline must be box-mask or grabcut, with boxes supervision": self.baseline is None
+            or (self.baseline in ("box-mask", "grabcut") and self.supervision == "boxes"),
         }
         failed = [message for message, ok in checks.items() if not ok]
         if failed:

@@ -15,6 +15,7 @@ from models.annotations import Annotation, BoxAnnotation, TagAnnotation
 from models.candidates import Candidates, box_candidates, tag_candidates, with_box_rectangles
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
 from models.structures import mask_boxes
+from training.baselines import baseline_target
 from training.data.dataset import Sample
 from training.proposal_cache import ProposalCache
 
@@ -36,7 +37,7 @@ class TrainingItem:
     @property
     def tensor(self) -> Tensor:
         """FloatTensor[3, H, W] in [0, 1]."""
-        return torch.from_numpy(self.image).permute(2, 0, 1).float() / 255
+        return torch.from_numpy(np.array(self.image)).permute(2, 0, 1).float() / 255
 
     def proposals(self) -> Tensor:
         """BoolTensor[P, H, W]."""
@@ -112,34 +113,42 @@ def target_of(sample: Sample) -> dict[str, Tensor] | None:
     }
 
 
+def _target_only_item(index: int, sample: Sample, target: dict[str, Tensor]) -> TrainingItem:
+    height, width = sample.image.shape[:2]
+    return TrainingItem(
+        index=index,
+        image=sample.image,
+        annotation=None,
+        target=target,
+        packed_proposals=np.zeros(0, np.uint8),
+        proposal_shape=(0, height, width),
+        context=None,
+        geometry={},
+    )
+
+
 def prepare_item(
     index: int,
     sample: Sample,
     cache: ProposalCache,
     config: ConditionalConfig,
     max_size: int,
+    baseline: str | None = None,
 ) -> TrainingItem:
-    """Proposals, their context and the candidates' geometry; none under masks supervision,
-    which trains the prediction network alone."""
+    """Proposals, their context and the candidates' geometry; none under masks supervision or
+    a baseline, which train the prediction network alone on `target`."""
     sample = fit_to_size(sample, max_size)
     annotation = annotation_of(sample)
+    if baseline is not None:
+        return _target_only_item(index, sample, baseline_target(sample.image, annotation, baseline))
     if annotation is None:
-        height, width = sample.image.shape[:2]
-        return TrainingItem(
-            index=index,
-            image=sample.image,
-            annotation=None,
-            target=target_of(sample),
-            packed_proposals=np.zeros(0, np.uint8),
-            proposal_shape=(0, height, width),
-            context=None,
-            geometry={},
-        )
+        return _target_only_item(index, sample, target_of(sample))
+
     boxes = sample.boxes if isinstance(annotation, BoxAnnotation) else None
     proposals = cache.get(sample.image, boxes)
     if isinstance(annotation, BoxAnnotation):
         proposals = with_box_rectangles(proposals, annotation)
-    image = torch.from_numpy(sample.image).permute(2, 0, 1).float() / 255
+    image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
     candidates = _candidates(proposals, annotation, config.inference.box_iou_threshold)
     return TrainingItem(
         index=index,

@@ -26,10 +26,11 @@ def prepare_items(
     conditional_config: ConditionalConfig,
     image_size: int,
     progress: bool,
+    baseline: str | None = None,
 ) -> list[TrainingItem]:
     """Proposals (cached on disk), proposal context and candidate geometry for each image."""
     return [
-        prepare_item(i, dataset[i], cache, conditional_config, image_size)
+        prepare_item(i, dataset[i], cache, conditional_config, image_size, baseline)
         for i in tqdm(indices, desc="proposals", unit="image", disable=not progress)
     ]
 
@@ -74,7 +75,13 @@ def train(
     cache = ProposalCache(cache_dir or out.parent / ".proposals", settings)
     shard = list(range(rank.index, len(dataset), rank.world_size))
     items = prepare_items(
-        dataset, shard, cache, conditional_config, config.image_size, progress and rank.is_main
+        dataset,
+        shard,
+        cache,
+        conditional_config,
+        config.image_size,
+        progress and rank.is_main,
+        config.baseline,
     )
     trainer = Trainer(config, bundle, items, out, device, rank=rank, progress=progress)
     if resume:

@@ -108,6 +108,15 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.final_p_epochs,
+    baseline: Annotated[
+        str | None,
+        typer.Option(
+            "--baseline",
+            help="Train the prediction network alone on pseudo masks made from the boxes: "
+            "box-mask (the filled box) or grabcut (GrabCut in the box). Boxes supervision only.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.baseline,
     prior_weight: Annotated[
         float,
         typer.Option(
@@ -246,6 +255,7 @@ def train_command(
             c_epochs=c_epochs,
             final_p_epochs=final_p_epochs,
             prior_weight=prior_weight,
+            baseline=baseline,
             lr_conditional=lr_conditional,
             lr_prediction=lr_prediction,
             batch_size=batch_size,

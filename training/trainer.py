@@ -3,7 +3,7 @@
 Schedule: warm start of the conditional network from the annotation alone, then `rounds` of
 P-step (Mask R-CNN on K pseudo labels) and C-step (Algorithm 1 against the prediction
 network), then a last P-step. Under masks supervision a single supervised phase trains the
-prediction network on the ground truth (the upper bound).
+prediction network on the ground truth (the upper bound), or on a baseline's pseudo masks.
 
 The loop is `run_step` (loss, backward, step); logging, progress and checkpoints are hooks
 called after each step and each phase. A checkpoint bundle and a training state are written
@@ -37,7 +37,7 @@ class Phase:
 
 
 def schedule(config: TrainConfig) -> list[Phase]:
-    if config.supervision == "masks":
+    if config.supervision == "masks" or config.baseline is not None:
         epochs = config.warm_start_epochs + config.rounds * config.p_epochs + config.final_p_epochs
         return [Phase("supervised", 0, epochs)]
     phases = [Phase("warm_start", 0, config.warm_start_epochs)]
