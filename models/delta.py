@@ -55,13 +55,17 @@ def match_costs(
 
 def delta_terms(y1: InstanceSet, y2: InstanceSet) -> dict[str, Tensor]:
     """Δ_cls, Δ_box and Δ_mask between two instance sets of one image (0-dim tensors)."""
-    if len(y1) == 0 and len(y2) == 0:
+    return _delta_terms(y1.labels, y1.boxes, y2.labels, y2.boxes, mask_iou(y1.masks, y2.masks))
+
+
+def _delta_terms(
+    labels1: Tensor, boxes1: Tensor, labels2: Tensor, boxes2: Tensor, ious: Tensor
+) -> dict[str, Tensor]:
+    if labels1.numel() == 0 and labels2.numel() == 0:
         zero = torch.zeros(())
         return {"cls": zero, "box": zero, "mask": zero}
-    ious = mask_iou(y1.masks, y2.masks)
-    boxes1, boxes2 = y1.boxes, y2.boxes
-    forward = _direction_mean(match_costs(y1.labels, boxes1, y2.labels, boxes2, ious))
-    backward = _direction_mean(match_costs(y2.labels, boxes2, y1.labels, boxes1, ious.T))
+    forward = _direction_mean(match_costs(labels1, boxes1, labels2, boxes2, ious))
+    backward = _direction_mean(match_costs(labels2, boxes2, labels1, boxes1, ious.T))
     terms = (forward + backward) / 2
     return {"cls": terms[0], "box": terms[1], "mask": terms[2]}
 
@@ -74,3 +78,22 @@ def _direction_mean(costs: Tensor) -> Tensor:
 def delta(y1: InstanceSet, y2: InstanceSet) -> Tensor:
     """Δ(y1, y2) = Δ_cls + Δ_box + Δ_mask, a 0-dim FloatTensor in [0, 3]."""
     return sum(delta_terms(y1, y2).values())
+
+
+def delta_matrix(outputs: list[InstanceSet]) -> Tensor:
+    """FloatTensor[K, K]: Δ between every pair of K outputs of one image, with the mask IoUs of
+    all their instances from a single matrix product."""
+    sizes = [len(y) for y in outputs]
+    masks = torch.cat([y.masks for y in outputs])
+    labels = torch.cat([y.labels for y in outputs])
+    boxes = torch.cat([y.boxes for y in outputs])
+    ious = mask_iou(masks, masks)
+    starts = [sum(sizes[:i]) for i in range(len(sizes))]
+    blocks = [slice(start, start + size) for start, size in zip(starts, sizes, strict=True)]
+    matrix = torch.zeros((len(outputs), len(outputs)))
+    for i, a in enumerate(blocks):
+        for j in range(i + 1, len(blocks)):
+            b = blocks[j]
+            terms = _delta_terms(labels[a], boxes[a], labels[b], boxes[b], ious[a, b])
+            matrix[i, j] = matrix[j, i] = sum(terms.values())
+    return matrix

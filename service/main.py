@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import require_api_key
-from service.api.routes import health, jobs, models, pseudo_labels, segment
+from service.api.routes import health, jobs, models, page, pseudo_labels, segment
 from service.core.config import Settings, get_settings
 from service.errors import error_response, install_error_handlers
 from service.jobs import create_backend
@@ -108,6 +108,8 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     app.include_router(models.router, **v1)
     app.include_router(jobs.router, **v1)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
 
     app.add_middleware(
         UploadLimitMiddleware,

@@ -20,7 +20,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from itertools import combinations
 from pathlib import Path
 from typing import TypeVar
 
@@ -29,7 +28,7 @@ import torch
 
 from models.annotations import Annotation, BoxAnnotation, boxes_from_records, tags_from_names
 from models.bundle import ModelBundle, file_digest, load_bundle
-from models.delta import delta
+from models.delta import delta_matrix
 from models.proposals import propose
 from models.structures import InstanceSet
 from service.core.config import Settings
@@ -286,5 +285,5 @@ class ModelRuntime:
 
 def diversity(samples: list[InstanceSet]) -> float:
     """Mean task loss Δ over the pairs of samples (0 for fewer than two)."""
-    pairs = list(combinations(samples, 2))
-    return sum(float(delta(a, b)) for a, b in pairs) / len(pairs) if pairs else 0.0
+    k = len(samples)
+    return float(delta_matrix(samples).sum() / (k * (k - 1))) if k > 1 else 0.0

@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from models.delta import delta, delta_terms, mask_iou
+from models.delta import delta, delta_matrix, delta_terms, mask_iou
 from models.structures import InstanceSet
 from tests.models.strategies import (
     box_area_iou,
@@ -179,3 +179,14 @@ def test_mask_iou_of_fractional_masks_matches_a_per_pair_loop(data):
 def test_mask_iou_of_two_empty_masks_is_zero():
     empty = torch.zeros((1, 8, 8), dtype=torch.bool)
     assert mask_iou(empty, empty).tolist() == [[0.0]]
+
+
+@SETTINGS
+@given(image_sizes.flatmap(lambda size: st.lists(instance_sets(size), min_size=1, max_size=4)))
+def test_delta_matrix_matches_pairwise_delta(outputs):
+    matrix = delta_matrix(outputs)
+    for i, a in enumerate(outputs):
+        assert matrix[i, i].item() == 0
+        for j, b in enumerate(outputs):
+            if i != j:
+                assert matrix[i, j].item() == pytest.approx(float(delta(a, b)), abs=1e-5)
