@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from models.box_proposals import box_proposals
+
 _COLOUR_CONVERSIONS = {
     "rgb": None,
     "hsv": cv2.COLOR_RGB2HSV,
@@ -206,7 +208,7 @@ def propose(
 
     index = _OverlapIndex(segmentations, weights)
     min_area = settings.min_area_fraction * height * width
-    box_masks = _box_proposals(image, box_pixels, segmentations, index, min_area, settings)
+    box_masks = box_proposals(image, box_pixels, segmentations, index, min_area, settings)
     chosen = index.select(box_masks, limit, min_area, settings.dedup_iou)
 
     masks = np.empty((len(box_masks) + len(chosen), height, width), dtype=bool)
@@ -505,121 +507,3 @@ class _OverlapIndex:
             kept_areas[k] = area
             chosen.append((s, r))
         return chosen
-
-
-def _box_proposals(
-    image: np.ndarray,
-    box_pixels: np.ndarray,
-    segmentations: list[_Segmentation],
-    index: _OverlapIndex,
-    min_area: float,
-    settings: ProposalSettings,
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Deduplicated box-conditioned masks, box by box, as (bool[H, W], pixel box) pairs."""
-    height, width = image.shape[:2]
-    kept: list[tuple[np.ndarray, np.ndarray]] = []
-    for box in box_pixels:
-        x0, y0, x1, y1 = box
-        candidates = []
-        rectangle = np.zeros((height, width), dtype=bool)
-        rectangle[y0:y1, x0:x1] = True
-        candidates.append(rectangle)
-        candidates += _grabcut_masks(image, box, settings)
-        candidates += _clipped_regions(box, segmentations, index, min_area, settings)
-        for mask in candidates:
-            if mask.any() and not any(
-                _mask_iou(mask, box, other, other_box) > settings.dedup_iou
-                for other, other_box in kept
-            ):
-                kept.append((mask, box))
-    return kept
-
-
-def _mask_iou(a: np.ndarray, box_a: np.ndarray, b: np.ndarray, box_b: np.ndarray) -> float:
-    """IoU of two full-res masks that are zero outside their pixel boxes."""
-    x0, y0 = np.maximum(box_a[:2], box_b[:2])
-    x1, y1 = np.minimum(box_a[2:], box_b[2:])
-    if x1 <= x0 or y1 <= y0:
-        return 0.0
-    inter = np.count_nonzero(a[y0:y1, x0:x1] & b[y0:y1, x0:x1])
-    ax0, ay0, ax1, ay1 = box_a
-    bx0, by0, bx1, by1 = box_b
-    union = (
-        np.count_nonzero(a[ay0:ay1, ax0:ax1]) + np.count_nonzero(b[by0:by1, bx0:bx1]) - inter
-    )
-    return inter / union
-
-
-def _grabcut_masks(
-    image: np.ndarray, box: np.ndarray, settings: ProposalSettings
-) -> list[np.ndarray]:
-    """GrabCut foregrounds seeded by the box, one per variant, on a downscaled crop."""
-    height, width = image.shape[:2]
-    x0, y0, x1, y1 = box.tolist()
-    margin_x = round(settings.grabcut_margin * (x1 - x0))
-    margin_y = round(settings.grabcut_margin * (y1 - y0))
-    cx0, cy0 = max(0, x0 - margin_x), max(0, y0 - margin_y)
-    cx1, cy1 = min(width, x1 + margin_x), min(height, y1 + margin_y)
-    scale = min(1.0, settings.grabcut_size / max(cx1 - cx0, cy1 - cy0))
-    crop_w, crop_h = max(1, round((cx1 - cx0) * scale)), max(1, round((cy1 - cy0) * scale))
-    crop = cv2.resize(image[cy0:cy1, cx0:cx1], (crop_w, crop_h), interpolation=cv2.INTER_AREA)
-    masks = []
-    for shrink, iterations in settings.grabcut_variants:
-        rx0 = (x0 - cx0 + shrink * (x1 - x0)) * scale
-        ry0 = (y0 - cy0 + shrink * (y1 - y0)) * scale
-        rx1 = (x1 - cx0 - shrink * (x1 - x0)) * scale
-        ry1 = (y1 - cy0 - shrink * (y1 - y0)) * scale
-        rect = (round(rx0), round(ry0), round(rx1) - round(rx0), round(ry1) - round(ry0))
-        # GrabCut fits 5-component colour models to the pixels inside and outside the rect.
-        inside = rect[2] * rect[3]
-        if rect[2] < 3 or rect[3] < 3 or inside < 20 or crop_w * crop_h - inside < 20:
-            continue
-        state = np.zeros((crop_h, crop_w), dtype=np.uint8)
-        cv2.setRNGSeed(settings.seed)
-        cv2.grabCut(
-            crop, state, rect, np.zeros((1, 65)), np.zeros((1, 65)), iterations,
-            cv2.GC_INIT_WITH_RECT,
-        )
-        foreground = ((state == cv2.GC_FGD) | (state == cv2.GC_PR_FGD)).astype(np.uint8)
-        full = cv2.resize(foreground, (cx1 - cx0, cy1 - cy0), interpolation=cv2.INTER_NEAREST)
-        mask = np.zeros((height, width), dtype=bool)
-        mask[cy0:cy1, cx0:cx1] = full.astype(bool)
-        outside = np.ones_like(mask)
-        outside[y0:y1, x0:x1] = False
-        mask[outside] = False
-        masks.append(mask)
-    return masks
-
-
-def _clipped_regions(
-    box: np.ndarray,
-    segmentations: list[_Segmentation],
-    index: _OverlapIndex,
-    min_area: float,
-    settings: ProposalSettings,
-) -> list[np.ndarray]:
-    """The hierarchical regions that mostly lie inside the box and best cover it, clipped."""
-    if settings.clipped_per_box == 0:
-        return []
-    x0, y0, x1, y1 = box.tolist()
-    height, width = segmentations[0].full_labels.shape
-    rectangle = np.zeros((height, width), dtype=bool)
-    rectangle[y0:y1, x0:x1] = True
-    counts = index.pixel_counts(rectangle, box)
-    box_area = float((x1 - x0) * (y1 - y0))
-    scored = []
-    for s, seg in enumerate(segmentations):
-        inside = seg.regions @ counts[index.span(s)]  # (R,) pixels inside the box
-        fraction = inside / index.areas[s]
-        coverage = inside / box_area
-        eligible = (fraction >= settings.clip_inside_fraction) & (inside >= max(min_area, 1))
-        for r in np.flatnonzero(eligible).tolist():
-            scored.append((-coverage[r] * fraction[r], s, r))
-    scored.sort()
-    masks = []
-    for _, s, r in scored[: settings.clipped_per_box]:
-        seg = segmentations[s]
-        mask = np.zeros((height, width), dtype=bool)
-        mask[y0:y1, x0:x1] = seg.regions[r][seg.full_labels[y0:y1, x0:x1]]
-        masks.append(mask)
-    return masks

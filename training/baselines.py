@@ -6,13 +6,13 @@
 The prediction network is then trained on these masks as if they were ground truth.
 """
 
-import cv2
 import numpy as np
 import torch
 from torch import Tensor
 
 from models.annotations import BoxAnnotation
 from models.candidates import box_pixel_window, box_rectangles
+from models.grabcut import grabcut_foreground
 from models.structures import mask_boxes
 
 BASELINES = ("box-mask", "grabcut")
@@ -21,28 +21,23 @@ GRABCUT_ITERATIONS = 5
 
 def grabcut_in_box(image: np.ndarray, box: Tensor) -> Tensor:
     """BoolTensor[H, W]: GrabCut's foreground inside the box's pixel window (the window itself
-    when GrabCut leaves it empty). image: uint8[H, W, 3] RGB."""
+    when GrabCut finds nothing). image: uint8[H, W, 3] RGB."""
     height, width = image.shape[:2]
-    x0, y0, x1, y1 = box_pixel_window(box, (height, width))
-    window = torch.zeros((height, width), dtype=torch.bool)
-    window[y0:y1, x0:x1] = True
-    if x1 - x0 < 3 or y1 - y0 < 3:
-        return window
-    mask = np.zeros((height, width), np.uint8)
-    background, foreground = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
-    rect = (x0, y0, x1 - x0, y1 - y0)
-    cv2.setRNGSeed(0)
-    cv2.grabCut(
-        cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
-        mask,
-        rect,
-        background,
-        foreground,
-        GRABCUT_ITERATIONS,
-        cv2.GC_INIT_WITH_RECT,
+    window = np.array(box_pixel_window(box, (height, width)))
+    x0, y0, x1, y1 = window
+    found = grabcut_foreground(
+        image,
+        window,
+        shrink=0.0,
+        iterations=GRABCUT_ITERATIONS,
+        work_size=max(height, width),
+        margin=0.25,
+        seed=0,
     )
-    found = torch.from_numpy((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)) & window
-    return found if found.any() else window
+    if found is None or not found.any():
+        found = np.zeros((height, width), dtype=bool)
+        found[y0:y1, x0:x1] = True
+    return torch.from_numpy(found)
 
 
 def baseline_target(image: np.ndarray, boxes: BoxAnnotation, kind: str) -> dict[str, Tensor]:
