@@ -21,6 +21,7 @@ const state = {
   results: null, // {kind, model, width, height, diversity, samples: [{instances, score}]}
   selected: -1,
   request: 0, // responses to an older request (a different image) are dropped
+  modelLoad: 0,
 };
 
 const $ = (id) => document.getElementById(id);
@@ -247,8 +248,11 @@ function fillClassSelect(select, classes) {
 }
 
 async function loadModel() {
+  // A changed API key starts another load; only the latest one's answer counts.
+  const load = (state.modelLoad += 1);
   try {
     const info = await api("/v1/models");
+    if (load !== state.modelLoad) return;
     state.classes = info.classes;
     state.model = info.model;
     fillClassSelect($("tags"), info.classes);
@@ -258,6 +262,7 @@ async function loadModel() {
     clearError();
     renderBoxList();
   } catch (error) {
+    if (load !== state.modelLoad) return;
     $("model-name").textContent = "model unavailable";
     showError(`Could not load the model's classes: ${error.message}`);
   }
