@@ -7,8 +7,6 @@ architecture.
 """
 
 import hashlib
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import torch
 from torch import nn
 from torchvision.models.detection import MaskRCNN
 
+from models.atomic import atomic_write
 from models.conditional import ConditionalConfig, ConditionalNet
 from models.prediction import build_prediction_net
 from models.proposals import ProposalSettings
@@ -86,8 +85,6 @@ def build_bundle(
 
 def save_bundle(bundle: ModelBundle, path: Path) -> None:
     """Write atomically: a crash mid-write never leaves a truncated bundle at `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     checkpoint = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -99,14 +96,8 @@ def save_bundle(bundle: ModelBundle, path: Path) -> None:
         "prediction_state": bundle.prediction.state_dict(),
         "conditional_state": bundle.conditional.state_dict(),
     }
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            torch.save(checkpoint, file)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        torch.save(checkpoint, file)
 
 
 def load_bundle(path: Path, map_location: str | torch.device = "cpu") -> ModelBundle:

@@ -7,8 +7,6 @@ settings, so a changed image or setting never reads a stale entry. Entries are b
 
 import hashlib
 import json
-import os
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.atomic import atomic_write
 from models.proposals import ProposalSettings, propose
 
 
@@ -59,16 +58,5 @@ def _read(path: Path) -> Tensor:
 
 
 def _write(path: Path, proposals: Tensor) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            np.savez(
-                file,
-                shape=np.array(proposals.shape),
-                bits=np.packbits(proposals.numpy().ravel()),
-            )
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as file:
+        np.savez(file, shape=np.array(proposals.shape), bits=np.packbits(proposals.numpy().ravel()))
