@@ -23,7 +23,12 @@ from torch.nn import functional as F
 
 from models.annotations import Annotation, BoxAnnotation
 from models.candidates import Candidates, box_candidates, tag_candidates, with_box_rectangles
-from models.descriptors import DESCRIPTOR_SIZE, proposal_descriptors, working_copy
+from models.descriptors import (
+    DESCRIPTOR_SIZE,
+    objectness_prior,
+    proposal_descriptors,
+    working_copy,
+)
 from models.inference import InferenceConfig, consistent_argmax, to_instances
 from models.pairwise import proposal_affinity, refine_scores
 from models.structures import InstanceSet
@@ -44,6 +49,7 @@ class ConditionalConfig:
     pool_stride: int = 4
     noise_grid: int = 8
     descriptor_size: int = 64
+    objectness_weight: float = 5.0
     pairwise_weight: float = 0.5
     pairwise_rounds: int = 2
     edge_scale: float = 0.25
@@ -140,6 +146,8 @@ class ConditionalNet(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(c.hidden_channels, num_classes + 1),
         )
+        # Initial weight of the objectness prior added to every foreground score (learned).
+        self.objectness_weight = nn.Parameter(torch.tensor(self.config.objectness_weight))
         self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN)[:, None, None])
         self.register_buffer("image_std", torch.tensor(IMAGE_STD)[:, None, None])
 
@@ -180,6 +188,11 @@ class ConditionalNet(nn.Module):
         pooled = pooled.reshape(-1, k, channels).transpose(0, 1)  # (K, P, F)
         descriptors = self.descriptor_norm(context.descriptors).expand(k, -1, -1)
         scores = self.head(torch.cat([pooled, descriptors], dim=2))  # (K, P, C+1)
+        # An untrained scorer has no notion of a whole object; the prior says which proposals
+        # look like one (foreground columns only).
+        prior = self.objectness_weight * objectness_prior(context.descriptors)  # (P,)
+        foreground = torch.arange(self.num_classes + 1, device=prior.device) > 0
+        scores = scores + prior[None, :, None] * foreground  # (K, P, C+1)
         c = self.config
         return refine_scores(scores, context.affinity, c.pairwise_weight, c.pairwise_rounds)
 

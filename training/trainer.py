@@ -148,7 +148,7 @@ class Trainer:
         objective.backward()
         average_gradients([getattr(self.bundle, trained)], self.rank)
         optimizer.step()
-        return {k: float(v) for k, v in terms.items()}
+        return {k: float(v.detach()) for k, v in terms.items()}
 
     def after_step(
         self, phase: Phase, epoch: int, terms: dict[str, float], seconds: float, images: int
