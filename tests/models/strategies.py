@@ -7,7 +7,6 @@ float coordinates inside the image.
 """
 
 import numpy as np
-import pytest
 import torch
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
@@ -21,17 +20,6 @@ from models.structures import InstanceSet
 NUM_CLASSES = 4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Run a module on one torch thread (import it into the module to use it).
-
-    The tensors here are tiny: with two threads on two shared cores, thread hand-offs cost more
-    than the arithmetic (a 32x32 conditional sample takes 10 ms on one thread, up to 300 ms on
-    two under load)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 image_sizes = st.tuples(st.integers(24, 48), st.integers(24, 48))

@@ -22,7 +22,6 @@ from tests.models.strategies import (
     disjoint_tiles,
     has_disjoint_subset,
     masks_near_boxes,
-    one_thread,  # noqa: F401 (autouse fixture)
     proposal_masks,
     tag_sets,
 )

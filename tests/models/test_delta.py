@@ -12,7 +12,6 @@ from tests.models.strategies import (
     box_area_iou,
     image_sizes,
     instance_sets,
-    one_thread,  # noqa: F401 (autouse fixture)
     proposal_masks,
     tight_box,
 )

@@ -35,7 +35,6 @@ from tests.models.strategies import (
     image_sizes,
     instance_sets,
     masks_near_boxes,
-    one_thread,  # noqa: F401 (autouse fixture)
     proposal_masks,
     score_tensors,
     tag_sets,

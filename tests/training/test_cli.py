@@ -21,13 +21,6 @@ runner = CliRunner()
 SIZE = 48
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """On few shared cores a second intra-op thread makes steps many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
