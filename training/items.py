@@ -12,7 +12,13 @@ import torch
 from torch import Tensor
 
 from models.annotations import Annotation, BoxAnnotation, TagAnnotation
-from models.candidates import Candidates, box_candidates, tag_candidates, with_box_rectangles
+from models.candidates import (
+    Candidates,
+    box_candidates,
+    box_rectangles,
+    tag_candidates,
+    with_box_rectangles,
+)
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
 from models.structures import mask_boxes
 from training.baselines import baseline_target
@@ -45,9 +51,14 @@ class TrainingItem:
         bits = np.unpackbits(self.packed_proposals, count=count)
         return torch.from_numpy(bits.reshape(self.proposal_shape).astype(bool))
 
-    def candidates(self, box_iou_threshold: float) -> Candidates:
-        """The annotation's candidates, with the geometry computed at preparation time."""
-        candidates = _candidates(self.proposals(), self.annotation, box_iou_threshold)
+    def candidates(self) -> Candidates:
+        """The annotation's candidates as found at preparation time, with their geometry."""
+        proposals = self.proposals()
+        proposal_ids, box_ids = self.geometry["proposal_ids"], self.geometry["box_ids"]
+        masks = proposals[proposal_ids]
+        if isinstance(self.annotation, BoxAnnotation):
+            masks &= box_rectangles(self.annotation, self.proposal_shape[1:])[box_ids]
+        candidates = Candidates(masks, proposal_ids, box_ids)
         candidates.__dict__.update(self.geometry)  # fills the cached properties
         return candidates
 
@@ -159,6 +170,8 @@ def prepare_item(
         proposal_shape=tuple(proposals.shape),
         context=describe_proposals(image, proposals, config),
         geometry={
+            "proposal_ids": candidates.proposal_ids,
+            "box_ids": candidates.box_ids,
             "intersection": candidates.intersection,
             "areas": candidates.areas,
             "boxes": candidates.boxes,

@@ -36,11 +36,10 @@ def warm_start_loss(
     prior_weight: float,
 ) -> dict[str, Tensor]:
     """The conditional network from the annotation alone (models.warm_start)."""
-    box_threshold = conditional.config.inference.box_iou_threshold
     terms = []
     for item in batch:
         scores = conditional(item.tensor.to(device), item.context.to(device), 1)[0].cpu()
-        candidates = item.candidates(box_threshold)
+        candidates = item.candidates()
         if isinstance(item.annotation, TagAnnotation):
             prior = objectness_prior(item.context.descriptors)
             labels = tag_self_training_labels(
@@ -70,7 +69,7 @@ def pseudo_labels(
 ) -> list[InstanceSet]:
     """K samples of the conditional network for one item, consistent with its annotation."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
-    candidates = item.candidates(conditional.config.inference.box_iou_threshold)
+    candidates = item.candidates()
     inference = conditional.config.inference
     return [
         to_instances(consistent_argmax(s, candidates, item.annotation, inference), candidates, s)
@@ -135,7 +134,7 @@ def c_step_loss(
         image = item.tensor.to(device)
         y_p = predict_instances(prediction, image, config.prediction_threshold)
         scores = conditional(image, item.context.to(device), config.k).cpu()
-        candidates = item.candidates(inference.box_iou_threshold)
+        candidates = item.candidates()
         outputs = c_step_outputs(scores.detach(), candidates, item.annotation, y_p, inference)
         terms.append(conditional_loss(scores, candidates, outputs, config.gamma))
     return mean_terms(terms)
