@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from models.annotations import BoxAnnotation
+from models.annotations import BoxAnnotation, TagAnnotation
 from models.structures import mask_boxes
 
 
@@ -78,6 +78,16 @@ def tag_candidates(proposals: Tensor) -> Candidates:
         proposal_ids=keep,
         box_ids=torch.full_like(keep, -1),
     )
+
+
+def annotation_candidates(
+    proposals: Tensor, annotation: TagAnnotation | BoxAnnotation | None, box_iou_threshold: float
+) -> Candidates:
+    """The candidates an output consistent with the annotation is made of (every proposal for
+    tags)."""
+    if isinstance(annotation, BoxAnnotation):
+        return box_candidates(proposals, annotation, box_iou_threshold)
+    return tag_candidates(proposals)
 
 
 def box_pixel_window(box: Tensor, image_size: tuple[int, int]) -> tuple[int, int, int, int]:

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from models.annotations import Annotation, BoxAnnotation
-from models.candidates import Candidates, box_candidates, tag_candidates, with_box_rectangles
+from models.candidates import Candidates, annotation_candidates, with_box_rectangles
 from models.descriptors import (
     DESCRIPTOR_SIZE,
     objectness_prior,
@@ -209,9 +209,7 @@ class ConditionalNet(nn.Module):
         return self.score(features, context, self.draw_noise(k, grid, generator))
 
     def candidates(self, proposals: Tensor, annotation: Annotation) -> Candidates:
-        if isinstance(annotation, BoxAnnotation):
-            return box_candidates(proposals, annotation, self.config.inference.box_iou_threshold)
-        return tag_candidates(proposals)
+        return annotation_candidates(proposals, annotation, self.config.inference.box_iou_threshold)
 
     @torch.no_grad()
     def sample(
@@ -246,4 +244,3 @@ class ConditionalNet(nn.Module):
             )
             for s in scores
         ]
-

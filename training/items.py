@@ -14,9 +14,8 @@ from torch import Tensor
 from models.annotations import Annotation, BoxAnnotation, TagAnnotation
 from models.candidates import (
     Candidates,
-    box_candidates,
+    annotation_candidates,
     box_rectangles,
-    tag_candidates,
     with_box_rectangles,
 )
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
@@ -61,14 +60,6 @@ class TrainingItem:
         candidates = Candidates(masks, proposal_ids, box_ids)
         candidates.__dict__.update(self.geometry)  # fills the cached properties
         return candidates
-
-
-def _candidates(
-    proposals: Tensor, annotation: Annotation | None, box_iou_threshold: float
-) -> Candidates:
-    if isinstance(annotation, BoxAnnotation):
-        return box_candidates(proposals, annotation, box_iou_threshold)
-    return tag_candidates(proposals)
 
 
 def fit_to_size(sample: Sample, max_size: int) -> Sample:
@@ -160,7 +151,7 @@ def prepare_item(
     if isinstance(annotation, BoxAnnotation):
         proposals = with_box_rectangles(proposals, annotation)
     image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
-    candidates = _candidates(proposals, annotation, config.inference.box_iou_threshold)
+    candidates = annotation_candidates(proposals, annotation, config.inference.box_iou_threshold)
     return TrainingItem(
         index=index,
         image=sample.image,
