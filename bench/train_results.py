@@ -11,6 +11,12 @@ import subprocess
 import time
 from pathlib import Path
 
+from training.config import TrainConfig
+
+DEFAULTS = TrainConfig()
+# The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
+P_EPOCHS = str(DEFAULTS.rounds * DEFAULTS.p_epochs + DEFAULTS.final_p_epochs)
+
 RUNS: dict[str, list[str]] = {
     "fully supervised (masks, upper bound)": ["--supervision", "masks"],
     "ours, tags (K=10, γ=0.5)": ["--supervision", "tags"],
@@ -20,7 +26,11 @@ RUNS: dict[str, list[str]] = {
         "tags",
         "--rounds",
         "0",
+        "--final-p-epochs",
+        P_EPOCHS,
         "--k",
+        "1",
+        "--gamma",
         "1",
     ],
     "baseline: box-as-mask": ["--supervision", "boxes", "--baseline", "box-mask"],

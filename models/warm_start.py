@@ -3,15 +3,16 @@ first P-step (DESIGN section 5), when there is no prediction network output yet.
 
 - tags: a WSDDN-style multiple-instance loss: a classification softmax over classes times a
   detection softmax over proposals, summed into image-level class scores, with binary
-  cross-entropy against the tags. The detection logits are the class scores plus
-  `prior_weight` times an objectness prior of the proposal (models.descriptors): with learned
-  logits alone the detection stream settles on whatever region predicts the tags best, often
-  the whole image or a piece of an object. On top, OICR-style self-training: the top proposal of
-  each tag under the detection stream is the seed, proposals overlapping it (IoU >= 0.5) become
-  positives of the tag, proposals overlapping no seed become background.
-- boxes: inside each box, clipped proposals that fill it tightly (tight-box IoU >= 0.8) are
-  positives of the box's class; proposals that touch no box, and those inside a box that cover
-  little of it, are background.
+  cross-entropy against the tags. The detection logits are the class scores, which carry the
+  objectness prior of the proposal (models.descriptors) with a learned weight, plus an optional
+  extra `prior_weight` times the prior (0 by default: more of it made the seeds worse). On
+  top, OICR-style self-training: the top proposal of each tag under the detection stream is
+  the seed, proposals overlapping it (IoU >= 0.5) become positives of the tag, proposals
+  overlapping no seed become background.
+- boxes: self-training seeded by GrabCut: in each box, the candidate closest to GrabCut's
+  foreground and those overlapping it are positives of the box's class; the rest of the box
+  and proposals that fit no box are background. (Filling the box is no criterion: the box's
+  own rectangle and its background corners fill it too.)
 """
 
 import torch
@@ -68,25 +69,58 @@ def tag_self_training_labels(
 
 
 @torch.no_grad()
-def box_fill_labels(
+def box_seed_labels(
     candidates: Candidates,
     boxes: BoxAnnotation,
     num_proposals: int,
     proposal_boxes: Tensor,
-    positive_iou: float = 0.8,
+    seed_prior: Tensor,
+    positive_iou: float = 0.7,
+    negative_iou: float = 0.3,
     part_iou: float = 0.5,
 ) -> Tensor:
-    """Int64Tensor[P]: the box's class for proposals that fill a box, 0 for background,
-    IGNORE otherwise. candidates: box_candidates (clipped at the lowest IoU threshold);
-    proposal_boxes: FloatTensor[P, 4] tight boxes of the unclipped proposals."""
+    """Int64Tensor[P]: a class per proposal, 0 for background, IGNORE for undecided.
+
+    Each box's seed is its candidate of highest seed_prior; candidates of the box that
+    overlap the seed (IoU >= positive_iou) take the box's class, those that barely do (IoU <
+    negative_iou: the box's background, or its rectangle around a thin object) and proposals
+    that fit no box are background. Positives win over background where boxes overlap.
+    candidates: box_candidates; proposal_boxes: FloatTensor[P, 4] tight boxes of the
+    proposals; seed_prior: FloatTensor[Q], e.g. agreement with GrabCut in the box.
+    """
     labels = torch.full((num_proposals,), IGNORE, dtype=torch.int64)
     overlaps = box_iou(proposal_boxes, boxes.boxes)  # (P, B)
-    # Proposals touching no box, and parts that fit no box, are background.
     labels[overlaps.max(dim=1).values < part_iou] = 0
-    fit = box_iou(candidates.boxes, boxes.boxes).gather(1, candidates.box_ids[:, None]).squeeze(1)
-    positive = fit >= positive_iou
-    labels[candidates.proposal_ids[positive]] = boxes.labels[candidates.box_ids[positive]]
+    positives = []
+    for b in range(len(boxes)):
+        ids = (candidates.box_ids == b).nonzero().squeeze(1)
+        if ids.numel() == 0:
+            continue
+        seed = ids[seed_prior[ids].argmax()]
+        iou = candidates.iou[seed, ids]
+        labels[candidates.proposal_ids[ids[iou < negative_iou]]] = 0
+        positives.append((candidates.proposal_ids[ids[iou >= positive_iou]], boxes.labels[b]))
+    for proposal_ids, label in positives:
+        labels[proposal_ids] = label
     return labels
+
+
+def box_ranking_loss(
+    scores: Tensor, candidates: Candidates, labels: Tensor, boxes: BoxAnnotation
+) -> Tensor:
+    """Per box, the negative log of the softmax mass its positive candidates take among all its
+    candidates, on the margins s[c] - s[bg] that the box argmax compares. scores: FloatTensor[P,
+    C+1]; labels: box_seed_labels."""
+    margins = scores[candidates.proposal_ids] - scores[candidates.proposal_ids, :1]
+    terms = []
+    for b in range(len(boxes)):
+        ids = (candidates.box_ids == b).nonzero().squeeze(1)
+        label = int(boxes.labels[b])
+        positive = labels[candidates.proposal_ids[ids]] == label
+        if ids.numel() > 1 and positive.any():
+            log_p = margins[ids, label].log_softmax(dim=0)
+            terms.append(-log_p[positive].logsumexp(dim=0))
+    return torch.stack(terms).mean() if terms else scores.sum() * 0
 
 
 def self_training_loss(scores: Tensor, labels: Tensor) -> Tensor:

@@ -15,7 +15,10 @@ class TrainConfig:
     gamma: γ of the dissimilarity coefficient; the P-step's self-diversity weight is 1 - γ.
     rounds: P-step + C-step alternations after the warm start; a last P-step follows them.
     *_epochs: passes over the training images per phase.
-    prior_weight: weight of the objectness prior in the warm start's detection stream.
+    prior_weight: extra weight of the objectness prior in the warm start's detection stream
+        (tags); the scores carry the prior with a learned weight already. Measured top-1 IoU
+        per ground-truth instance after the warm start (dev data): 0.47 at 0, 0.42 at 1, 0.38
+        at 3, 0.35 at 10, 0.21 at 30.
     baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
         the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
     image_size: images are downscaled so the longer side is at most this (never upscaled).
@@ -30,7 +33,7 @@ class TrainConfig:
     p_epochs: int = 2
     c_epochs: int = 1
     final_p_epochs: int = 3
-    prior_weight: float = 10.0
+    prior_weight: float = 0.0
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
     batch_size: int = 2

@@ -19,8 +19,9 @@ from models.candidates import (
     with_box_rectangles,
 )
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
+from models.delta import mask_iou
 from models.structures import mask_boxes
-from training.baselines import baseline_target
+from training.baselines import baseline_target, grabcut_in_box
 from training.data.dataset import Sample
 from training.proposal_cache import ProposalCache
 
@@ -28,7 +29,9 @@ from training.proposal_cache import ProposalCache
 @dataclass
 class TrainingItem:
     """image: uint8[H, W, 3]; annotation: tags or boxes (None under masks supervision);
-    target: the ground truth in torchvision's format under masks supervision, else None."""
+    target: the ground truth in torchvision's format under masks supervision, else None;
+    seed_prior: for boxes, FloatTensor[Q] each candidate's mask IoU with GrabCut's foreground
+    in its box (where the warm start's self-training begins), else None."""
 
     index: int
     image: np.ndarray
@@ -38,6 +41,7 @@ class TrainingItem:
     proposal_shape: tuple[int, int, int]
     context: ProposalContext | None
     geometry: dict[str, Tensor]
+    seed_prior: Tensor | None = None
 
     @property
     def tensor(self) -> Tensor:
@@ -152,6 +156,11 @@ def prepare_item(
         proposals = with_box_rectangles(proposals, annotation)
     image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
     candidates = annotation_candidates(proposals, annotation, config.inference.box_iou_threshold)
+    seed_prior = (
+        grabcut_agreement(sample.image, candidates, annotation)
+        if isinstance(annotation, BoxAnnotation)
+        else None
+    )
     return TrainingItem(
         index=index,
         image=sample.image,
@@ -167,4 +176,15 @@ def prepare_item(
             "areas": candidates.areas,
             "boxes": candidates.boxes,
         },
+        seed_prior=seed_prior,
     )
+
+
+def grabcut_agreement(image: np.ndarray, candidates: Candidates, boxes: BoxAnnotation) -> Tensor:
+    """FloatTensor[Q]: each candidate's mask IoU with GrabCut's foreground in its box."""
+    foreground = torch.stack([grabcut_in_box(image, box) for box in boxes.boxes])
+    agreement = torch.zeros(len(candidates))
+    for b in range(len(boxes)):
+        ids = (candidates.box_ids == b).nonzero().squeeze(1)
+        agreement[ids] = mask_iou(candidates.masks[ids], foreground[b : b + 1])[:, 0]
+    return agreement

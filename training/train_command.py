@@ -104,7 +104,7 @@ def train_command(
         typer.Option(
             "--final-p-epochs",
             help="Epochs of the last P-step. Under masks supervision the single supervised "
-            "phase runs warm-start + rounds * p + final-p epochs.",
+            "phase runs rounds * p + final-p epochs, the prediction network's epochs in DISCO.",
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.final_p_epochs,
@@ -121,7 +121,8 @@ def train_command(
         float,
         typer.Option(
             "--prior-weight",
-            help="Weight of the objectness prior in the warm start's detection stream (tags).",
+            help="Extra weight of the objectness prior in the warm start's detection stream "
+            "(tags); the scores already carry it with a learned weight.",
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prior_weight,

@@ -38,7 +38,8 @@ class Phase:
 
 def schedule(config: TrainConfig) -> list[Phase]:
     if config.supervision == "masks" or config.baseline is not None:
-        epochs = config.warm_start_epochs + config.rounds * config.p_epochs + config.final_p_epochs
+        # The prediction network's epochs in DISCO: every row of a comparison trains it alike.
+        epochs = config.rounds * config.p_epochs + config.final_p_epochs
         return [Phase("supervised", 0, epochs)]
     phases = [Phase("warm_start", 0, config.warm_start_epochs)]
     for r in range(1, config.rounds + 1):

@@ -1,0 +1,79 @@
+"""The warm start's box labels and ranking loss on a hand-made image: a thin cross in a box,
+the box's rectangle, the box's background corners and a proposal far from the box."""
+
+import torch
+
+from models.annotations import BoxAnnotation
+from models.candidates import box_candidates
+from models.structures import mask_boxes
+from models.warm_start import IGNORE, box_ranking_loss, box_seed_labels
+
+SIZE = (32, 32)
+
+
+def _proposals() -> torch.Tensor:
+    """BoolTensor[5, 32, 32]: cross, cross with one more row, rectangle, corners, far."""
+    cross = torch.zeros(SIZE, dtype=torch.bool)
+    cross[9:11, 2:18] = True
+    cross[2:18, 9:11] = True
+    thick = cross.clone()
+    thick[8, 2:18] = True
+    rectangle = torch.zeros(SIZE, dtype=torch.bool)
+    rectangle[2:18, 2:18] = True
+    corners = rectangle & ~thick
+    far = torch.zeros(SIZE, dtype=torch.bool)
+    far[24:30, 24:30] = True
+    return torch.stack([cross, thick, rectangle, corners, far])
+
+
+def _setting() -> tuple[torch.Tensor, BoxAnnotation, object, torch.Tensor]:
+    proposals = _proposals()
+    boxes = BoxAnnotation(torch.tensor([[2.0, 2.0, 18.0, 18.0]]), torch.tensor([3]))
+    candidates = box_candidates(proposals, boxes, box_iou_threshold=0.5)
+    # the seed prior likes the cross best (as agreement with GrabCut would)
+    seed_prior = torch.tensor([0.9, 0.8, 0.3, 0.1, 0.0])[candidates.proposal_ids]
+    return proposals, boxes, candidates, seed_prior
+
+
+def test_box_seed_labels_cross_positive_rest_background() -> None:
+    proposals, boxes, candidates, seed_prior = _setting()
+    assert candidates.proposal_ids.tolist() == [0, 1, 2, 3]  # the far proposal fits no box
+    labels = box_seed_labels(candidates, boxes, len(proposals), mask_boxes(proposals), seed_prior)
+    # cross and its thicker copy overlap the seed; the rectangle and corners barely do
+    assert labels.tolist() == [3, 3, 0, 0, 0]
+
+
+def test_box_seed_labels_positive_wins_over_another_boxs_background() -> None:
+    proposals, _, _, _ = _setting()
+    boxes = BoxAnnotation(
+        torch.tensor([[2.0, 2.0, 18.0, 18.0], [2.0, 2.0, 18.0, 18.0]]), torch.tensor([3, 5])
+    )
+    candidates = box_candidates(proposals, boxes, box_iou_threshold=0.5)
+    # box 0 seeds on the cross, box 1 on the corners: each box's positives survive the other
+    # box's background labels
+    prior = torch.tensor([0.9, 0.8, 0.3, 0.1, 0.0, 0.0, 0.1, 0.3, 0.9])
+    labels = box_seed_labels(candidates, boxes, len(proposals), mask_boxes(proposals), prior)
+    # (the rectangle is mostly corners: IoU 0.71 with box 1's seed)
+    assert labels.tolist() == [3, 3, 5, 5, 0]
+
+
+def test_box_ranking_loss_descends_towards_the_positives() -> None:
+    proposals, boxes, candidates, seed_prior = _setting()
+    labels = box_seed_labels(candidates, boxes, len(proposals), mask_boxes(proposals), seed_prior)
+    scores = torch.zeros(len(proposals), 7, requires_grad=True)
+    loss = box_ranking_loss(scores, candidates, labels, boxes)
+    loss.backward()
+    margin_gradient = scores.grad[:, 3] - scores.grad[:, 0]
+    assert (margin_gradient[:2] < 0).all()  # descending raises the positives' margins
+    assert (margin_gradient[2:4] > 0).all()  # and lowers the rest of the box
+    assert margin_gradient[4] == 0  # a proposal of no box is not ranked
+    stepped = box_ranking_loss(scores.detach() - scores.grad, candidates, labels, boxes)
+    assert stepped < loss
+
+
+def test_box_ranking_loss_without_positives_is_zero_and_attached() -> None:
+    proposals, boxes, candidates, _ = _setting()
+    labels = torch.full((len(proposals),), IGNORE)
+    scores = torch.randn(len(proposals), 7, requires_grad=True)
+    loss = box_ranking_loss(scores, candidates, labels, boxes)
+    assert loss.item() == 0 and loss.requires_grad

@@ -1,0 +1,56 @@
+"""The C-step's loss on real training items: Algorithm 1 needs the prediction network's output;
+without one an image keeps only the annotation loss."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.bundle import build_bundle
+from models.conditional import ConditionalConfig
+from models.proposals import ProposalSettings
+from training.config import TrainConfig
+from training.data.coco import CocoDataset
+from training.data.synthetic import generate_dataset
+from training.proposal_cache import ProposalCache
+from training.run import prepare_items
+from training.steps import c_step_loss
+
+CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
+CONFIG = TrainConfig(k=3, image_size=48, max_proposals=30, device="cpu")
+
+
+@pytest.fixture(scope="module", params=["tags", "boxes"])
+def setting(request, tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    train_json, _ = generate_dataset(root, n=3, size=48, seed=1, val_fraction=0.34)
+    dataset = CocoDataset(train_json, root, request.param)
+    settings = ProposalSettings(max_proposals=CONFIG.max_proposals)
+    cache = ProposalCache(Path(tmp_path_factory.mktemp("proposals")), settings)
+    items = prepare_items(dataset, [0, 1], cache, CONDITIONAL, CONFIG.image_size, False)
+    torch.manual_seed(0)
+    bundle = build_bundle(
+        classes=dataset.classes,
+        preset="tiny",
+        conditional_config=CONDITIONAL,
+        proposal_settings=settings,
+        metadata={},
+    )
+    bundle.prediction.eval()
+    return items, bundle
+
+
+def test_without_prediction_output_only_the_annotation_loss_remains(setting):
+    items, bundle = setting
+    nothing_reaches = dataclasses.replace(CONFIG, prediction_threshold=1.01)
+    terms = c_step_loss(
+        items, bundle.prediction, bundle.conditional, nothing_reaches, torch.device("cpu")
+    )
+    assert terms["loss_agreement"] == 0 and terms["loss_diversity"] == 0
+    assert terms["loss_self_training"] > 0
+    objective = sum(terms.values())
+    objective.backward()
+    gradients = [p.grad for p in bundle.conditional.head.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in gradients)
+    bundle.conditional.zero_grad(set_to_none=True)
