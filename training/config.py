@@ -29,7 +29,7 @@ class TrainConfig:
     k: int = 10
     gamma: float = 0.5
     rounds: int = 2
-    warm_start_epochs: int = 6
+    warm_start_epochs: int = 12
     p_epochs: int = 2
     c_epochs: int = 1
     final_p_epochs: int = 3

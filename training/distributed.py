@@ -29,6 +29,15 @@ def init_distributed(device: torch.device) -> Rank:
     return Rank(index=dist.get_rank(), world_size=dist.get_world_size())
 
 
+def shard_indices(count: int, rank: Rank) -> list[int]:
+    """The images of this rank: every world_size-th index, the list first padded by wrapping
+    around (as torch's DistributedSampler does) so that every rank takes the same number of
+    steps; unequal step counts would leave ranks waiting on each other's all-reduce forever."""
+    total = -(-count // rank.world_size) * rank.world_size
+    padded = [i % count for i in range(total)]
+    return padded[rank.index :: rank.world_size]
+
+
 def average_gradients(modules: list[nn.Module], rank: Rank) -> None:
     if rank.world_size <= 1:
         return

@@ -11,7 +11,7 @@ from models.conditional import ConditionalConfig
 from models.proposals import ProposalSettings
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
-from training.distributed import init_distributed, resolve_device
+from training.distributed import init_distributed, resolve_device, shard_indices
 from training.items import TrainingItem, prepare_item
 from training.proposal_cache import ProposalCache
 from training.trainer import Trainer, state_path
@@ -60,6 +60,11 @@ def train(
     conditional_config = conditional_config or ConditionalConfig()
     if resume and out.is_file() and state_path(out).is_file():
         bundle = load_bundle(out)
+        if bundle.classes != dataset.classes:
+            raise ValueError(
+                f"cannot resume: {out} was trained on the classes {bundle.classes}, "
+                f"the dataset has {dataset.classes}"
+            )
         conditional_config = bundle.conditional.config
     else:
         resume = False
@@ -73,7 +78,7 @@ def train(
         )
     bundle.to(device)
     cache = ProposalCache(cache_dir or out.parent / ".proposals", settings)
-    shard = list(range(rank.index, len(dataset), rank.world_size))
+    shard = shard_indices(len(dataset), rank)
     items = prepare_items(
         dataset,
         shard,

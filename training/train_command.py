@@ -179,7 +179,7 @@ def train_command(
         typer.Option(
             "--prediction-threshold",
             help="Score from which a prediction-network detection counts as an instance of "
-            "y_p in the C-step.",
+            "y_p in the C-step; an image with none gets the warm start's loss alone.",
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prediction_threshold,

@@ -144,3 +144,26 @@ def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, 
     with pytest.raises(FloatingPointError, match="loss_mil"):
         run(dataclasses.replace(TINY, supervision="tags"), data, cache_dir, out)
     assert not out.exists(), "no bundle may be written from a diverged phase"
+
+
+def test_resume_refuses_a_dataset_with_other_classes(data, cache_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model.pt"
+    config = dataclasses.replace(TINY, supervision="tags")
+    save_phase = Trainer.after_phase
+
+    def save_then_stop(self, phase, seconds):
+        save_phase(self, phase, seconds)
+        raise Interrupted
+
+    monkeypatch.setattr(Trainer, "after_phase", save_then_stop)
+    with pytest.raises(Interrupted):
+        run(config, data, cache_dir, out)
+    monkeypatch.undo()
+
+    train_json, root = data
+    renamed = json.loads(train_json.read_text())
+    renamed["categories"][0]["name"] = "blob"
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps(renamed))
+    with pytest.raises(ValueError, match="cannot resume.*blob"):
+        run(config, (other, root), cache_dir, out, resume=True)
