@@ -284,6 +284,28 @@ class ModelRuntime:
 
 
 def diversity(samples: list[InstanceSet]) -> float:
-    """Mean task loss Δ over the pairs of samples (0 for fewer than two)."""
+    """Mean task loss Δ over the pairs of samples (0 for fewer than two).
+
+    Samples are often identical (given boxes the noise rarely changes which proposal wins a
+    box); Δ is computed once per pair of distinct samples and weighted by their counts.
+    """
     k = len(samples)
-    return float(delta_matrix(samples).sum() / (k * (k - 1))) if k > 1 else 0.0
+    if k < 2:
+        return 0.0
+    distinct: dict[bytes, int] = {}
+    firsts: list[InstanceSet] = []
+    for sample in samples:
+        key = _sample_key(sample)
+        if key not in distinct:
+            distinct[key] = len(firsts)
+            firsts.append(sample)
+    if len(firsts) == 1:
+        return 0.0
+    counts = torch.bincount(torch.tensor([distinct[_sample_key(x)] for x in samples])).double()
+    total = (counts[:, None] * counts[None, :] * delta_matrix(firsts).double()).sum()
+    return float(total / (k * (k - 1)))
+
+
+def _sample_key(sample: InstanceSet) -> bytes:
+    masks = np.packbits(sample.masks.numpy(), axis=-1)
+    return hashlib.sha1(masks.tobytes() + sample.labels.numpy().tobytes()).digest()

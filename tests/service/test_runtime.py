@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from service.runtime import DeviceError, ProposalCache, model_version, resolve_device
+from models.delta import delta_matrix
+from models.structures import InstanceSet
+from service.runtime import (
+    DeviceError,
+    ProposalCache,
+    diversity,
+    model_version,
+    resolve_device,
+)
 from tests.service.conftest import scene_image
 
 
@@ -64,3 +72,21 @@ def test_segment_returns_cpu_instances_in_score_order(runtime) -> None:
     assert instances.masks.dtype == torch.bool and instances.masks.shape[1:] == (96, 96)
     assert torch.all(instances.scores[:-1] >= instances.scores[1:])
     assert instances.masks.flatten(1).any(1).all()
+
+
+def _instances(squares: list[tuple[int, int, int]]) -> InstanceSet:
+    """Square masks (x, y, label) of side 6 on a 20x20 image."""
+    masks = torch.zeros((len(squares), 20, 20), dtype=torch.bool)
+    for i, (x, y, _) in enumerate(squares):
+        masks[i, y : y + 6, x : x + 6] = True
+    labels = torch.tensor([label for _, _, label in squares], dtype=torch.int64)
+    return InstanceSet.from_masks(masks, labels, torch.ones(len(squares)))
+
+
+def test_diversity_is_the_mean_delta_over_pairs_with_repeated_samples() -> None:
+    a, b, c = _instances([(0, 0, 1)]), _instances([(2, 1, 1), (10, 10, 2)]), _instances([])
+    samples = [a, b, a, c, a, b]
+    matrix = delta_matrix(samples)
+    expected = float(matrix.sum() / (len(samples) * (len(samples) - 1)))
+    assert diversity(samples) == pytest.approx(expected)
+    assert diversity([a, a, a]) == 0 and diversity([b]) == 0
