@@ -294,14 +294,16 @@ def diversity(samples: list[InstanceSet]) -> float:
         return 0.0
     distinct: dict[bytes, int] = {}
     firsts: list[InstanceSet] = []
+    groups = []
     for sample in samples:
         key = _sample_key(sample)
         if key not in distinct:
             distinct[key] = len(firsts)
             firsts.append(sample)
+        groups.append(distinct[key])
     if len(firsts) == 1:
         return 0.0
-    counts = torch.bincount(torch.tensor([distinct[_sample_key(x)] for x in samples])).double()
+    counts = torch.bincount(torch.tensor(groups)).double()
     total = (counts[:, None] * counts[None, :] * delta_matrix(firsts).double()).sum()
     return float(total / (k * (k - 1)))
 

@@ -21,6 +21,7 @@ from models.candidates import (
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
 from models.delta import mask_iou
 from models.structures import mask_boxes
+from models.warm_start import box_seed_labels
 from training.baselines import baseline_target, grabcut_in_box
 from training.data.dataset import Sample
 from training.proposal_cache import ProposalCache
@@ -30,8 +31,9 @@ from training.proposal_cache import ProposalCache
 class TrainingItem:
     """image: uint8[H, W, 3]; annotation: tags or boxes (None under masks supervision);
     target: the ground truth in torchvision's format under masks supervision, else None;
-    seed_prior: for boxes, FloatTensor[Q] each candidate's mask IoU with GrabCut's foreground
-    in its box (where the warm start's self-training begins), else None."""
+    box_labels: for boxes, Int64Tensor[P] the warm start's self-training labels, seeded by
+    GrabCut in each box (models.warm_start.box_seed_labels; they depend on the annotation
+    alone, so they are computed once here), else None."""
 
     index: int
     image: np.ndarray
@@ -41,7 +43,7 @@ class TrainingItem:
     proposal_shape: tuple[int, int, int]
     context: ProposalContext | None
     geometry: dict[str, Tensor]
-    seed_prior: Tensor | None = None
+    box_labels: Tensor | None = None
 
     @property
     def tensor(self) -> Tensor:
@@ -156,8 +158,14 @@ def prepare_item(
         proposals = with_box_rectangles(proposals, annotation)
     image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
     candidates = annotation_candidates(proposals, annotation, config.inference.box_iou_threshold)
-    seed_prior = (
-        grabcut_agreement(sample.image, candidates, annotation)
+    box_labels = (
+        box_seed_labels(
+            candidates,
+            annotation,
+            len(proposals),
+            mask_boxes(proposals),
+            grabcut_agreement(sample.image, candidates, annotation),
+        )
         if isinstance(annotation, BoxAnnotation)
         else None
     )
@@ -176,7 +184,7 @@ def prepare_item(
             "areas": candidates.areas,
             "boxes": candidates.boxes,
         },
-        seed_prior=seed_prior,
+        box_labels=box_labels,
     )
 
 

@@ -9,6 +9,7 @@ from torch import Tensor
 from torchvision.models.detection import MaskRCNN
 
 from models.annotations import TagAnnotation
+from models.candidates import Candidates
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
 from models.descriptors import objectness_prior
@@ -17,7 +18,6 @@ from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
 from models.warm_start import (
     box_ranking_loss,
-    box_seed_labels,
     multiple_instance_loss,
     self_training_loss,
     tag_self_training_labels,
@@ -30,24 +30,22 @@ def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     return {key: sum(t[key] for t in terms) / len(terms) for key in terms[0]}
 
 
-def annotation_loss(scores: Tensor, item: TrainingItem, prior_weight: float) -> dict[str, Tensor]:
+def annotation_loss(
+    scores: Tensor, item: TrainingItem, candidates: Candidates, prior_weight: float
+) -> dict[str, Tensor]:
     """The warm start's terms (models.warm_start) for one item, averaged over its samples.
 
-    scores: FloatTensor[K, P, C+1].
+    scores: FloatTensor[K, P, C+1]; candidates: item.candidates().
     """
-    candidates = item.candidates()
-    prior = objectness_prior(item.context.descriptors)
     terms = []
     if isinstance(item.annotation, TagAnnotation):
+        prior = objectness_prior(item.context.descriptors)
         for s in scores:
             labels = tag_self_training_labels(s, candidates, item.annotation, prior, prior_weight)
             mil = multiple_instance_loss(s, item.annotation, prior, prior_weight)
             terms.append({"loss_mil": mil, "loss_self_training": self_training_loss(s, labels)})
         return mean_terms(terms)
-    proposal_boxes = mask_boxes(item.proposals())
-    labels = box_seed_labels(
-        candidates, item.annotation, scores.shape[1], proposal_boxes, item.seed_prior
-    )
+    labels = item.box_labels
     for s in scores:
         mil = box_ranking_loss(s, candidates, labels, item.annotation)
         terms.append({"loss_mil": mil, "loss_self_training": self_training_loss(s, labels)})
@@ -64,7 +62,7 @@ def warm_start_loss(
     terms = []
     for item in batch:
         scores = conditional(item.tensor.to(device), item.context.to(device), 1).cpu()
-        terms.append(annotation_loss(scores, item, prior_weight))
+        terms.append(annotation_loss(scores, item, item.candidates(), prior_weight))
     return mean_terms(terms)
 
 
@@ -156,12 +154,12 @@ def c_step_loss(
         image = item.tensor.to(device)
         y_p = predict_instances(prediction, image, config.prediction_threshold)
         scores = conditional(image, item.context.to(device), config.k).cpu()
-        anchor = annotation_loss(scores, item, config.prior_weight)
+        candidates = item.candidates()
+        anchor = annotation_loss(scores, item, candidates, config.prior_weight)
         if len(y_p) == 0:
             zero = scores.sum() * 0
             terms.append({"loss_agreement": zero, "loss_diversity": zero, **anchor})
             continue
-        candidates = item.candidates()
         outputs = c_step_outputs(scores.detach(), candidates, item.annotation, y_p, inference)
         terms.append({**conditional_loss(scores, candidates, outputs, config.gamma), **anchor})
     return mean_terms(terms)

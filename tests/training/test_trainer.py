@@ -102,9 +102,8 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, monkeypatch):
-    out = tmp_path / "model.pt"
-    config = dataclasses.replace(TINY, supervision="tags")
+def stop_after_first_phase(config, data, cache_dir, out, monkeypatch):
+    """Run training until the first phase has been saved, then interrupt it."""
     save_phase = Trainer.after_phase
 
     def save_then_stop(self, phase, seconds):
@@ -115,6 +114,12 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
     with pytest.raises(Interrupted):
         run(config, data, cache_dir, out)
     monkeypatch.undo()
+
+
+def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, monkeypatch):
+    out = tmp_path / "model.pt"
+    config = dataclasses.replace(TINY, supervision="tags")
+    stop_after_first_phase(config, data, cache_dir, out, monkeypatch)
     assert phase_ends(read_log(out)) == [("warm_start", 0)]
     warm_started = load_bundle(out).conditional.state_dict()
 
@@ -149,16 +154,7 @@ def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, 
 def test_resume_refuses_a_dataset_with_other_classes(data, cache_dir, tmp_path, monkeypatch):
     out = tmp_path / "model.pt"
     config = dataclasses.replace(TINY, supervision="tags")
-    save_phase = Trainer.after_phase
-
-    def save_then_stop(self, phase, seconds):
-        save_phase(self, phase, seconds)
-        raise Interrupted
-
-    monkeypatch.setattr(Trainer, "after_phase", save_then_stop)
-    with pytest.raises(Interrupted):
-        run(config, data, cache_dir, out)
-    monkeypatch.undo()
+    stop_after_first_phase(config, data, cache_dir, out, monkeypatch)
 
     train_json, root = data
     renamed = json.loads(train_json.read_text())
