@@ -5,7 +5,9 @@ network as pseudo ground truth, averaged over the K samples. Nothing before targ
 depends on the target, so the transform, backbone, RPN head, anchors and proposals are computed
 once per image batch. Per target run only the anchor and proposal assignment, the sampling and
 the loss functions; the RoI heads run once, on the union of the RoIs the K targets sampled
-(they overlap: all are drawn from the same proposals).
+(they overlap: all are drawn from the same proposals). Samples that agree on every image (given
+boxes they nearly always do) sample the same RoIs from the same random state and so have the
+same loss: each distinct target is evaluated once and weighted by how many samples it stands for.
 """
 
 from __future__ import annotations
@@ -53,13 +55,17 @@ def pseudo_target_loss(
         every k, so K copies of one target give the K = 1 loss.
     """
     num_images, num_targets = len(images), _check_targets(images, targets)
+    distinct, multiplicity = _distinct_samples(targets)
+    weights = torch.tensor(multiplicity, dtype=torch.float32) / num_targets  # (D,)
     original_sizes = [(img.shape[-2], img.shape[-1]) for img in images]
     image_list, _ = model.transform(images)
     resized = [
-        _resize_targets(targets[b], original_sizes[b], image_list.image_sizes[b])
+        _resize_targets(
+            [targets[b][k] for k in distinct], original_sizes[b], image_list.image_sizes[b]
+        )
         for b in range(num_images)
     ]
-    targets_per_k = [[resized[b][k] for b in range(num_images)] for k in range(num_targets)]
+    targets_per_k = [[resized[b][d] for b in range(num_images)] for d in range(len(distinct))]
     features = model.backbone(image_list.tensors)
     if isinstance(features, Tensor):
         features = OrderedDict([("0", features)])
@@ -136,10 +142,16 @@ def pseudo_target_loss(
                 [idxs[p] for idxs, p in zip(sample.matched_idxs, positive_k, strict=True)],
             )
         )
-        sampled_class_logits.append(class_logits_k)
-        positive_mask_logits.append(mask_logits_k)
-        positive_labels += [labels[p] for labels, p in zip(sample.labels, positive_k, strict=True)]
-    losses = {name: torch.stack(values).mean() for name, values in terms.items()}
+        # the self-diversity averages over every sample's RoIs: a target counts as often as
+        # the samples it stands for
+        sampled_class_logits += [class_logits_k] * multiplicity[k]
+        positive_mask_logits += [mask_logits_k] * multiplicity[k]
+        positive_labels += [
+            labels[p] for labels, p in zip(sample.labels, positive_k, strict=True)
+        ] * multiplicity[k]
+    losses = {
+        name: torch.stack(values) @ weights.to(values[0].device) for name, values in terms.items()
+    }
 
     div_pp = self_diversity(
         torch.cat(sampled_class_logits), torch.cat(positive_mask_logits), torch.cat(positive_labels)
@@ -197,6 +209,26 @@ def _check_targets(images: list[Tensor], targets: list[list[Target]]) -> int:
             if (boxes[:, 2:] <= boxes[:, :2]).any():
                 raise ValueError(f"degenerate boxes (x1 <= x0 or y1 <= y0) in {boxes}")
     return counts.pop()
+
+
+def _distinct_samples(targets: list[list[Target]]) -> tuple[list[int], list[int]]:
+    """The samples k whose targets differ from every earlier sample's on some image, and how
+    many samples (itself included) each of them stands for."""
+    distinct: list[int] = []
+    multiplicity: list[int] = []
+    for k in range(len(targets[0])):
+        for position, d in enumerate(distinct):
+            if all(_same_target(per_image[k], per_image[d]) for per_image in targets):
+                multiplicity[position] += 1
+                break
+        else:
+            distinct.append(k)
+            multiplicity.append(1)
+    return distinct, multiplicity
+
+
+def _same_target(a: Target, b: Target) -> bool:
+    return all(torch.equal(a[key], b[key]) for key in ("labels", "boxes", "masks"))
 
 
 def _resize_targets(

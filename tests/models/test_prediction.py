@@ -193,6 +193,15 @@ def test_distinct_targets_average_their_losses(images: list[Tensor]) -> None:
     assert not torch.isclose(loss_a["loss_mask"], loss_b["loss_mask"])
 
 
+def test_repeated_samples_weigh_by_how_often_they_occur(images: list[Tensor]) -> None:
+    model = tiny_model(exhaustive_sampling=True)
+    loss_a = pseudo_target_loss(model, images, per_image(TARGET_A))
+    loss_b = pseudo_target_loss(model, images, per_image(TARGET_B))
+    mixed = pseudo_target_loss(model, images, per_image(TARGET_A, TARGET_B, TARGET_A))
+    for name in MASK_RCNN_TERMS:
+        assert_close(mixed[name], (2 * loss_a[name] + loss_b[name]) / 3, msg=name)
+
+
 def test_copies_of_one_target_give_the_single_target_loss(images: list[Tensor]) -> None:
     model = tiny_model()
     torch.manual_seed(7)
