@@ -6,9 +6,9 @@ sum over selected (candidate, class) pairs of the margin s[i, c] - s[i, bg] (the
 s[i, bg] over all proposals is common to every output and dropped).
 
 - tags: each tagged class first takes its best candidate, then candidates are added greedily
-  by margin while it is positive; a candidate that overlaps a chosen one beyond τ_overlap
-  (intersection over the smaller mask) is skipped. The greedy is an approximation of the
-  argmax of the score under the non-overlap constraint.
+  by margin while it is positive, up to max_instances_per_tag per class; a candidate that
+  overlaps a chosen one beyond τ_overlap (intersection over the smaller mask) is skipped. The
+  greedy is an approximation of the argmax of the score under the non-overlap constraint.
 - boxes: one candidate per box with the box's class, assigned by maximum-weight matching
   (Hungarian) so that no proposal serves two boxes. Instances of boxes that overlap may
   overlap inside the shared part of their boxes: the annotation itself says they do.
@@ -38,10 +38,20 @@ _FORBIDDEN = 1e9
 @dataclass(frozen=True)
 class InferenceConfig:
     """overlap_threshold: τ_overlap on intersection over the smaller mask (tags).
-    box_iou_threshold: τ_box, the least IoU of an instance's tight box with its box."""
+    box_iou_threshold: τ_box, the least IoU of an instance's tight box with its box.
+    max_instances_per_tag: the most instances of one tagged class in an output (None: as many
+    as have a positive margin)."""
 
     overlap_threshold: float = 0.2
     box_iou_threshold: float = 0.5
+    max_instances_per_tag: int | None = 1
+
+    def __post_init__(self) -> None:
+        if self.max_instances_per_tag is not None and self.max_instances_per_tag < 1:
+            raise ValueError(
+                f"max_instances_per_tag must be at least 1 (or None), "
+                f"got {self.max_instances_per_tag}"
+            )
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,18 @@ def consistent_argmax(
     if augmentation is not None:
         margins = margins + augmentation
     if isinstance(annotation, TagAnnotation):
-        return tag_argmax(margins, candidates, annotation, config.overlap_threshold)
+        return tag_argmax(
+            margins, candidates, annotation, config.overlap_threshold, config.max_instances_per_tag
+        )
     return box_argmax(margins, candidates, annotation)
 
 
 def tag_argmax(
-    margins: Tensor, candidates: Candidates, tags: TagAnnotation, overlap_threshold: float
+    margins: Tensor,
+    candidates: Candidates,
+    tags: TagAnnotation,
+    overlap_threshold: float,
+    max_instances_per_tag: int | None = None,
 ) -> Selection:
     """Greedy consistent argmax for tags. margins: FloatTensor[Q, C+1].
 
@@ -119,13 +135,17 @@ def tag_argmax(
                 f"no proposal free of overlap is left for tagged class {int(labels[t])}"
             )
 
+    limit = len(candidates) if max_instances_per_tag is None else max_instances_per_tag
+    counts = dict.fromkeys(labels.tolist(), 1)
     best = tag_margins.argmax(axis=1)
     best_margin = tag_margins[np.arange(len(best)), best]
     for q in np.argsort(-best_margin, kind="stable"):
         if best_margin[q] <= 0:
             break
-        if not blocked[q]:
-            take(int(q), int(labels[best[q]]))
+        label = int(labels[best[q]])
+        if not blocked[q] and counts[label] < limit:
+            take(int(q), label)
+            counts[label] += 1
     return _selection(chosen, chosen_labels)
 
 

@@ -183,6 +183,16 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prediction_threshold,
+    max_instances_per_tag: Annotated[
+        int,
+        typer.Option(
+            "--max-instances-per-tag",
+            help="Tags: the most instances of one tagged class in a conditional sample (0: as "
+            "many as have a positive margin). Extra ones are mostly background on the synthetic "
+            "data (bench/results.md).",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = 1,
     backbone_weights: Annotated[
         str | None,
         typer.Option(
@@ -237,11 +247,15 @@ def train_command(
     """
     check_choice("--supervision", supervision, SUPERVISION_MODES)
     # Imported here so that `--help` and option errors do not pay for torch.
+    from models.conditional import ConditionalConfig
+    from models.inference import InferenceConfig
     from models.prediction import PRESETS
     from training.run import train
     from training.trainer import log_path, state_path
 
     check_choice("--preset", preset, list(PRESETS))
+    if max_instances_per_tag < 0:
+        fail(f"--max-instances-per-tag must be 0 or more, got {max_instances_per_tag}")
     if out.is_dir():
         fail(f"--out must be a bundle file, {out} is a folder")
     with user_errors():
@@ -267,6 +281,7 @@ def train_command(
             device=device,
             backbone_weights=backbone_weights,
         )
+        inference = InferenceConfig(max_instances_per_tag=max_instances_per_tag or None)
     main_process = os.environ.get("RANK", "0") == "0"
     resumable = out.is_file() and state_path(out).is_file()
     if resume and not resumable and main_process:
@@ -282,6 +297,7 @@ def train_command(
                 out=out,
                 resume=resume,
                 cache_dir=cache_dir,
+                conditional_config=ConditionalConfig(inference=inference),
                 progress=progress,
             )
     except FloatingPointError as error:

@@ -52,6 +52,7 @@ configs = st.builds(
     InferenceConfig,
     overlap_threshold=st.sampled_from([0.0, 0.2, 0.5]),
     box_iou_threshold=st.sampled_from([0.3, 0.5, 0.7]),
+    max_instances_per_tag=st.sampled_from([None, 1, 2]),
 )
 
 
@@ -135,8 +136,25 @@ def test_tag_argmax_adds_only_positive_margins():
     # Proposal 0 is the best for the tag; 1 has a positive margin, 2 a negative one.
     scores = torch.tensor([[0.0, 3.0], [0.0, 1.0], [0.0, -1.0]])
     candidates = tag_candidates(proposals)
-    selection = consistent_argmax(scores, candidates, TagAnnotation((1,)), InferenceConfig())
+    greedy = InferenceConfig(max_instances_per_tag=None)
+    selection = consistent_argmax(scores, candidates, TagAnnotation((1,)), greedy)
     assert sorted(candidates.proposal_ids[selection.candidate_ids].tolist()) == [0, 1]
+
+
+def test_tag_argmax_keeps_at_most_the_limit_per_tagged_class():
+    proposals = torch.zeros((4, 12, 12), dtype=torch.bool)
+    proposals[0, :4, :4] = True
+    proposals[1, 6:, 6:] = True
+    proposals[2, :4, 6:] = True
+    proposals[3, 6:, :4] = True
+    # Class 1 is best on 0 and 1, class 2 on 2 and 3; every margin is positive.
+    scores = torch.tensor([[0.0, 3.0, 0.0], [0.0, 2.0, 0.0], [0.0, 0.0, 3.0], [0.0, 0.0, 2.0]])
+    candidates = tag_candidates(proposals)
+    tags = TagAnnotation((1, 2))
+    for limit, expected in ((1, [0, 2]), (2, [0, 1, 2, 3])):
+        config = InferenceConfig(max_instances_per_tag=limit)
+        selection = consistent_argmax(scores, candidates, tags, config)
+        assert sorted(candidates.proposal_ids[selection.candidate_ids].tolist()) == expected
 
 
 def test_empty_tags_give_an_empty_output():

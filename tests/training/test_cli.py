@@ -80,7 +80,7 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
         "train", "--data", train_json, "--images", root, "--out", out, "--supervision", "boxes",
         "--k", 2, "--rounds", 0, "--warm-start-epochs", 1, "--final-p-epochs", 1,
         "--image-size", SIZE, "--max-proposals", 20, "--device", "cpu", "--no-progress",
-        "--cache-dir", tmp_path / "cache",
+        "--cache-dir", tmp_path / "cache", "--max-instances-per-tag", 0,
     ]
     assert str(out) in ok(*args).output
 
@@ -88,6 +88,7 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
     assert bundle.classes == list(CLASSES)
     assert bundle.metadata["training"]["supervision"] == "boxes"
     assert bundle.metadata["training"]["k"] == 2
+    assert bundle.conditional.config.inference.max_instances_per_tag is None
     assert state_path(out).is_file()
     records = [json.loads(line) for line in log_path(out).read_text().splitlines()]
     assert [r["phase"] for r in records if r["event"] == "phase_end"] == ["warm_start", "p_step"]
@@ -205,6 +206,9 @@ ERRORS = {
                   "--out", "{tmp}/m.pt"], "not a COCO annotation file"),
     "bad k": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
                "--k", "0"], "k must be at least 1"),
+    "bad instance limit": (["train", "--data", "{train}", "--images", "{root}",
+                            "--out", "{tmp}/m.pt", "--max-instances-per-tag", "-1"],
+                           "--max-instances-per-tag"),
     "bad supervision": (["train", "--data", "{train}", "--images", "{root}",
                          "--out", "{tmp}/m.pt", "--supervision", "points"], "--supervision"),
     "bad preset": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
