@@ -77,7 +77,12 @@ def test_loss_augmentation_moves_towards_high_loss_outputs() -> None:
     scores[0, 2, 1] = -0.5
     scores[0, 1, 0] = scores[0, 2, 0] = 1.0  # and 1, 2 are background
     prediction = InstanceSet.from_masks(proposals[0:1], torch.tensor([1]))
-    outputs = c_step_outputs(scores, candidates, annotation, prediction, InferenceConfig())
+    greedy = InferenceConfig(max_instances_per_tag=None)
+    outputs = c_step_outputs(scores, candidates, annotation, prediction, greedy)
     assert outputs.samples[0].candidate_ids.tolist() == [0]
     # Against y_p = proposal 0, choosing anything else costs Δ; loss augmentation adds them.
     assert set(outputs.augmented[0].candidate_ids.tolist()) > {0}
+    # With one instance per tag it swaps proposal 0 for the best of the costly ones.
+    outputs = c_step_outputs(scores, candidates, annotation, prediction, InferenceConfig())
+    assert outputs.samples[0].candidate_ids.tolist() == [0]
+    assert outputs.augmented[0].candidate_ids.tolist() == [1]
