@@ -101,7 +101,7 @@ def tag_argmax(
     candidates: Candidates,
     tags: TagAnnotation,
     overlap_threshold: float,
-    max_instances_per_tag: int | None = None,
+    max_instances_per_tag: int | None,
 ) -> Selection:
     """Greedy consistent argmax for tags. margins: FloatTensor[Q, C+1].
 

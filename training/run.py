@@ -57,7 +57,6 @@ def train(
             f"{annotations} has no usable training image ({dataset.skipped.summary()})"
         )
     settings = ProposalSettings(max_proposals=config.max_proposals)
-    conditional_config = conditional_config or ConditionalConfig()
     if resume and out.is_file() and state_path(out).is_file():
         bundle = load_bundle(out)
         if bundle.classes != dataset.classes:
@@ -65,9 +64,15 @@ def train(
                 f"cannot resume: {out} was trained on the classes {bundle.classes}, "
                 f"the dataset has {dataset.classes}"
             )
+        if conditional_config not in (None, bundle.conditional.config):
+            raise ValueError(
+                "cannot resume: the conditional network's settings differ from the "
+                "interrupted run's"
+            )
         conditional_config = bundle.conditional.config
     else:
         resume = False
+        conditional_config = conditional_config or ConditionalConfig()
         bundle = build_bundle(
             classes=dataset.classes,
             preset=config.preset,

@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from models.bundle import build_bundle, load_bundle, save_bundle
 from models.conditional import ConditionalConfig
+from models.inference import InferenceConfig
 from models.proposal_files import load_proposal_file
 from training.cli import app
 from training.config import TrainConfig
@@ -66,6 +67,8 @@ def test_train_options_are_the_train_config_fields_with_its_defaults():
     for name, parameter in parameters.items():
         option = parameter.annotation.__metadata__[0]
         assert option.help and len(option.help) > 10, f"--{name} is not explained"
+    assert (parameters["max_instances_per_tag"].default
+            == InferenceConfig().max_instances_per_tag)
     help_text = ok("train", "--help").output
     assert "torchrun" in help_text
     for name in ("--warm-start-epochs", "--lr-prediction", "--backbone-weights", "--no-progress"):
@@ -95,6 +98,8 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
     assert all(r["event"] in ("step", "phase_end") for r in records), "the old log must go"
 
     result = invoke(*args, "--resume", "--gamma", 0.25)
+    assert_usage_error(result, "cannot resume")
+    result = invoke(*args, "--resume", "--max-instances-per-tag", 2)
     assert_usage_error(result, "cannot resume")
 
 
