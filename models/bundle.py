@@ -20,7 +20,7 @@ from models.prediction import build_prediction_net
 from models.proposals import ProposalSettings
 
 FORMAT = "discoseg-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 _REQUIRED_KEYS = (
     "format",
     "format_version",

@@ -2,8 +2,10 @@
 
 They carry what a CNN trained from scratch on a few hundred images does not: the proposal's
 shape on a small grid, its size and place, colour statistics inside it against a ring around
-it, and an objectness cue (edge strength along its contour against inside it). All are computed
-once per image on a copy whose longer side is `work_size` pixels.
+it, an objectness cue (edge strength along its contour against inside it) and a boundary prior
+(how much of it has colours common on the image border, where background usually is: the
+background prior of saliency detection). All are computed once per image on a copy whose
+longer side is `work_size` pixels.
 """
 
 from dataclasses import dataclass
@@ -16,10 +18,16 @@ from torchvision.ops import roi_align
 from models.structures import mask_boxes
 
 SHAPE_GRID = 6
-DESCRIPTOR_SIZE = SHAPE_GRID * SHAPE_GRID + 21
-# Columns of the colour contrast against the surrounding ring and of the edge objectness cue.
+DESCRIPTOR_SIZE = SHAPE_GRID * SHAPE_GRID + 22
+# Columns of the colour contrast against the surrounding ring, the edge objectness cue and the
+# boundary prior.
 CONTRAST_COLUMN = SHAPE_GRID * SHAPE_GRID + 16
-OBJECTNESS_COLUMN = DESCRIPTOR_SIZE - 1
+OBJECTNESS_COLUMN = DESCRIPTOR_SIZE - 2
+BORDER_COLOUR_COLUMN = DESCRIPTOR_SIZE - 1
+# Colour quantisation of the boundary prior (levels per RGB channel) and the border strip's
+# width as a share of the shorter side.
+_COLOUR_LEVELS = 8
+_BORDER_STRIP = 1 / 16
 
 
 @dataclass(frozen=True)
@@ -71,11 +79,34 @@ def erode(masks: Tensor, radius: int = 1) -> Tensor:
     return 1 - dilate(1 - masks, radius)
 
 
+def border_colour_likeness(image: Tensor) -> Tensor:
+    """FloatTensor[h, w] in [0, 1]: how common each pixel's colour is on the image border.
+
+    Colours are quantised to _COLOUR_LEVELS per channel; a pixel scores its bin's share of the
+    border strip's pixels times the number of bins, capped at 1 (1 for any bin at least as
+    common on the border as under a uniform spread). image: FloatTensor[3, h, w] in [0, 1].
+    """
+    _, height, width = image.shape
+    levels = _COLOUR_LEVELS
+    quantised = (image.clamp(0, 1) * (levels - 1e-3)).long()
+    bins = (quantised[0] * levels + quantised[1]) * levels + quantised[2]  # (h, w)
+    strip = max(1, round(min(height, width) * _BORDER_STRIP))
+    border = torch.ones(height, width, dtype=torch.bool)
+    border[strip:-strip, strip:-strip] = False
+    share = torch.bincount(bins[border], minlength=levels**3).float() / int(border.sum())
+    return (share[bins] * levels**3).clamp(max=1.0)
+
+
 def objectness_prior(descriptors: Tensor) -> Tensor:
     """FloatTensor[P]: how much a proposal looks like one whole object, before any training:
     its colour contrast with the ring around it plus edge strength along its contour against
-    inside and outside it. descriptors: FloatTensor[P, DESCRIPTOR_SIZE]."""
-    return descriptors[:, CONTRAST_COLUMN] + descriptors[:, OBJECTNESS_COLUMN]
+    inside and outside it, less the share of it coloured like the image border.
+    descriptors: FloatTensor[P, DESCRIPTOR_SIZE]."""
+    return (
+        descriptors[:, CONTRAST_COLUMN]
+        + descriptors[:, OBJECTNESS_COLUMN]
+        - descriptors[:, BORDER_COLOUR_COLUMN]
+    )
 
 
 def _weighted_mean(weights: Tensor, values: Tensor) -> Tensor:
@@ -120,6 +151,7 @@ def proposal_descriptors(copy: WorkingCopy) -> Tensor:
     interior_edge = _weighted_mean(flat - contour * flat, edges)
     ring_edge = _weighted_mean(ring, edges)
     objectness = contour_edge - torch.maximum(interior_edge, ring_edge)
+    border_colour = _weighted_mean(flat, border_colour_likeness(copy.image).flatten()[:, None])
     return torch.cat(
         [
             shape,
@@ -133,6 +165,7 @@ def proposal_descriptors(copy: WorkingCopy) -> Tensor:
             interior_edge,
             ring_edge,
             objectness,
+            border_colour,
         ],
         dim=1,
     )

@@ -12,7 +12,13 @@ from hypothesis import strategies as st
 
 from models.annotations import BoxAnnotation, TagAnnotation
 from models.conditional import ConditionalConfig, ConditionalNet, describe_proposals
-from models.descriptors import working_copy
+from models.descriptors import (
+    BORDER_COLOUR_COLUMN,
+    border_colour_likeness,
+    objectness_prior,
+    proposal_descriptors,
+    working_copy,
+)
 from models.pairwise import proposal_affinity, refine_scores
 from tests.models.strategies import (
     NUM_CLASSES,
@@ -149,6 +155,34 @@ def test_sample_rejects_bad_input(net):
         net.sample(random_image(0), proposals, outside, 1)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         net.sample(random_image(0)[..., :2], proposals, TagAnnotation((1,)), 1)
+
+
+# The boundary prior.
+
+
+def test_border_colours_mark_background_and_lower_the_objectness_prior():
+    # A grey background with a red square in the middle and a grey patch beside it: the patch
+    # has the border's colour, the square does not.
+    image = torch.full((3, 32, 32), 0.5)
+    image[:, 12:20, 12:20] = torch.tensor([0.9, 0.1, 0.1])[:, None, None]
+    likeness = border_colour_likeness(image)
+    assert likeness[16, 16] == 0 and likeness[0, 0] == 1 and likeness[16, 4] == 1
+    proposals = torch.zeros((2, 32, 32), dtype=torch.bool)
+    proposals[0, 12:20, 12:20] = True  # the square
+    proposals[1, 12:20, 2:10] = True  # background beside it
+    descriptors = proposal_descriptors(working_copy(image, proposals, work_size=32))
+    assert descriptors[0, BORDER_COLOUR_COLUMN] == 0
+    assert descriptors[1, BORDER_COLOUR_COLUMN] == 1
+    assert objectness_prior(descriptors)[0] > objectness_prior(descriptors)[1]
+
+
+def test_border_colour_likeness_scales_with_the_colour_share_on_the_border():
+    # Half of the border strip is black, half white; a rare third colour sits inside.
+    image = torch.zeros((3, 64, 64))
+    image[:, :, 32:] = 1.0
+    image[:, 30:34, 30:34] = torch.tensor([0.0, 1.0, 0.0])[:, None, None]
+    likeness = border_colour_likeness(image)
+    assert likeness[0, 0] == 1 and likeness[0, 63] == 1 and likeness[31, 31] == 0
 
 
 # The pairwise term.
