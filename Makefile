@@ -6,6 +6,9 @@ STAMP := $(VENV)/.installed-$(DEPS_HASH)
 
 DEMO := .cache/demo
 DEMO_MODEL := $(DEMO)/model.pt
+# A cached demo model of an older bundle format is rebuilt: the stamp names the format.
+BUNDLE_FORMAT := $(shell sed -n 's/^FORMAT_VERSION = //p' models/bundle.py)
+DEMO_FORMAT_STAMP := $(DEMO)/.bundle-format-$(BUNDLE_FORMAT)
 
 .PHONY: install test lint bench run demo-model
 
@@ -19,7 +22,12 @@ $(STAMP): pyproject.toml constraints.txt
 
 # The demo model: a synthetic dataset and the tiny preset trained from image tags (a few
 # minutes on two CPU cores, once; the bundle is cached in .cache/demo).
-$(DEMO_MODEL): | $(STAMP)
+$(DEMO_FORMAT_STAMP):
+	mkdir -p $(DEMO)
+	rm -f $(DEMO)/.bundle-format-* $(DEMO_MODEL)
+	touch $@
+
+$(DEMO_MODEL): $(DEMO_FORMAT_STAMP) | $(STAMP)
 	$(VENV)/bin/discoseg make-data $(DEMO)/data --n 120 --size 256 --seed 0
 	$(VENV)/bin/discoseg train --data $(DEMO)/data/train.json --images $(DEMO)/data \
 		--supervision tags --preset tiny --out $(DEMO_MODEL)
