@@ -1,0 +1,77 @@
+"""What the conditional network picks given tags, against the ground truth (training images).
+
+For each image of a COCO ground-truth file, one sample given the image's tags; every picked
+instance is sorted into one kind: right (IoU >= 0.5 with a ground-truth instance of its class),
+other-class object (IoU >= 0.5 with an instance of another class), background (under 30% of it
+on any object), same-class part or merged/larger, or mixed. Prints one JSON object with the
+counts and the recall of the ground-truth instances at IoU 0.5. Proposals are read from (and
+written to) a training proposal cache, so on training images nothing is recomputed.
+"""
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from models.annotations import TagAnnotation
+from models.bundle import load_bundle
+from models.delta import mask_iou
+from training.data.coco import CocoDataset
+from training.proposal_cache import ProposalCache
+
+
+def pick_kind(mask: torch.Tensor, label: int, gt_masks: torch.Tensor, gt_labels: torch.Tensor):
+    """The kind of one picked instance and the ground-truth index it finds (or None)."""
+    iou = mask_iou(mask[None], gt_masks)[0]
+    same = gt_labels == label
+    best = int(torch.where(same, iou, torch.full_like(iou, -1.0)).argmax())
+    if iou[best] >= 0.5:
+        return "right", best
+    if (iou[~same] >= 0.5).any():
+        return "other-class object", None
+    inside = (mask[None] & gt_masks).flatten(1).sum(1).float()
+    area = mask.sum().float()
+    if inside.sum() / area < 0.3:
+        return "background", None
+    if inside[best] / gt_masks[best].sum() > 0.8:
+        return "same-class merged/larger", None
+    if inside[best] / area > 0.8:
+        return "same-class part", None
+    return "mixed", None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=200)
+    args = parser.parse_args()
+
+    bundle = load_bundle(args.model)
+    dataset = CocoDataset(args.data, args.images, "masks")
+    cache = ProposalCache(args.cache_dir, bundle.proposal_settings)
+    kinds: Counter[str] = Counter()
+    found = total = 0
+    for index in range(min(args.limit, len(dataset))):
+        sample, gt = dataset[index], dataset.ground_truth(index)
+        tags = TagAnnotation(tuple(sorted(sample.tags)))
+        proposals = cache.get(sample.image)
+        generator = torch.Generator().manual_seed(0)
+        picked = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)
+        gt_masks, gt_labels = torch.from_numpy(gt.masks), torch.from_numpy(gt.labels)
+        hits = set()
+        for mask, label in zip(picked[0].masks, picked[0].labels, strict=True):
+            kind, hit = pick_kind(mask, int(label), gt_masks, gt_labels)
+            kinds[kind] += 1
+            hits.add(hit)
+        found += len(hits - {None})
+        total += len(gt_labels)
+    print(json.dumps({"picks": dict(kinds), "gt": total, "recall": round(found / total, 4)}))
+
+
+if __name__ == "__main__":
+    main()
