@@ -5,7 +5,8 @@ instance is sorted into one kind: right (IoU >= 0.5 with a ground-truth instance
 other-class object (IoU >= 0.5 with an instance of another class), background (under 30% of it
 on any object), same-class part or merged/larger, or mixed. Prints one JSON object with the
 counts and the recall of the ground-truth instances at IoU 0.5. Proposals are read from (and
-written to) a training proposal cache, so on training images nothing is recomputed.
+written to) a training proposal cache, so on training images that training did not downscale
+nothing is recomputed.
 """
 
 import argparse
@@ -67,8 +68,9 @@ def main() -> None:
         for mask, label in zip(picked[0].masks, picked[0].labels, strict=True):
             kind, hit = pick_kind(mask, int(label), gt_masks, gt_labels)
             kinds[kind] += 1
-            hits.add(hit)
-        found += len(hits - {None})
+            if hit is not None:
+                hits.add(hit)
+        found += len(hits)
         total += len(gt_labels)
     print(json.dumps({"picks": dict(kinds), "gt": total, "recall": round(found / total, 4)}))
 

@@ -67,8 +67,8 @@ def test_train_options_are_the_train_config_fields_with_its_defaults():
     for name, parameter in parameters.items():
         option = parameter.annotation.__metadata__[0]
         assert option.help and len(option.help) > 10, f"--{name} is not explained"
-    assert (parameters["max_instances_per_tag"].default
-            == InferenceConfig().max_instances_per_tag)
+    default_limit = InferenceConfig().max_instances_per_tag
+    assert parameters["max_instances_per_tag"].default == default_limit
     help_text = ok("train", "--help").output
     assert "torchrun" in help_text
     for name in ("--warm-start-epochs", "--lr-prediction", "--backbone-weights", "--no-progress"):
