@@ -50,6 +50,10 @@ class ConditionalConfig:
     noise_grid: int = 8
     descriptor_size: int = 64
     objectness_weight: float = 5.0
+    # Weight of the boundary prior inside the objectness prior (models.descriptors). Given
+    # boxes the box already separates object from background, and objects coloured like the
+    # image border lost to background corners of their box: training from boxes sets it to 0.
+    border_prior_weight: float = 1.0
     pairwise_weight: float = 0.5
     pairwise_rounds: int = 2
     edge_scale: float = 0.25
@@ -151,6 +155,10 @@ class ConditionalNet(nn.Module):
         self.register_buffer("image_mean", torch.tensor(IMAGE_MEAN)[:, None, None])
         self.register_buffer("image_std", torch.tensor(IMAGE_STD)[:, None, None])
 
+    def objectness_prior(self, context: ProposalContext) -> Tensor:
+        """FloatTensor[P]: the unweighted objectness prior of the proposals."""
+        return objectness_prior(context.descriptors, self.config.border_prior_weight)
+
     def trunk_features(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
         """image: FloatTensor[3, H, W] in [0, 1] -> FloatTensor[C_t, h, w] on the pooling grid."""
         normalised = ((image - self.image_mean) / self.image_std)[None]
@@ -190,7 +198,7 @@ class ConditionalNet(nn.Module):
         scores = self.head(torch.cat([pooled, descriptors], dim=2))  # (K, P, C+1)
         # An untrained scorer has no notion of a whole object; the prior says which proposals
         # look like one (foreground columns only).
-        prior = self.objectness_weight * objectness_prior(context.descriptors)  # (P,)
+        prior = self.objectness_weight * self.objectness_prior(context)  # (P,)
         foreground = torch.arange(self.num_classes + 1, device=prior.device) > 0
         scores = scores + prior[None, :, None] * foreground  # (K, P, C+1)
         c = self.config

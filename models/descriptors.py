@@ -97,15 +97,15 @@ def border_colour_likeness(image: Tensor) -> Tensor:
     return (share[bins] * levels**3).clamp(max=1.0)
 
 
-def objectness_prior(descriptors: Tensor) -> Tensor:
+def objectness_prior(descriptors: Tensor, border_weight: float = 1.0) -> Tensor:
     """FloatTensor[P]: how much a proposal looks like one whole object, before any training:
     its colour contrast with the ring around it plus edge strength along its contour against
-    inside and outside it, less the share of it coloured like the image border.
-    descriptors: FloatTensor[P, DESCRIPTOR_SIZE]."""
+    inside and outside it, less border_weight times the share of it coloured like the image
+    border. descriptors: FloatTensor[P, DESCRIPTOR_SIZE]."""
     return (
         descriptors[:, CONTRAST_COLUMN]
         + descriptors[:, OBJECTNESS_COLUMN]
-        - descriptors[:, BORDER_COLOUR_COLUMN]
+        - border_weight * descriptors[:, BORDER_COLOUR_COLUMN]
     )
 
 

@@ -12,7 +12,6 @@ from models.annotations import TagAnnotation
 from models.candidates import Candidates
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
-from models.descriptors import objectness_prior
 from models.inference import consistent_argmax, to_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
@@ -31,15 +30,15 @@ def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def annotation_loss(
-    scores: Tensor, item: TrainingItem, candidates: Candidates, prior_weight: float
+    scores: Tensor, item: TrainingItem, candidates: Candidates, prior: Tensor, prior_weight: float
 ) -> dict[str, Tensor]:
     """The warm start's terms (models.warm_start) for one item, averaged over its samples.
 
-    scores: FloatTensor[K, P, C+1]; candidates: item.candidates().
+    scores: FloatTensor[K, P, C+1]; candidates: item.candidates(); prior: FloatTensor[P], the
+    proposals' objectness prior (ConditionalNet.objectness_prior).
     """
     terms = []
     if isinstance(item.annotation, TagAnnotation):
-        prior = objectness_prior(item.context.descriptors)
         for s in scores:
             labels = tag_self_training_labels(s, candidates, item.annotation, prior, prior_weight)
             mil = multiple_instance_loss(s, item.annotation, prior, prior_weight)
@@ -62,7 +61,8 @@ def warm_start_loss(
     terms = []
     for item in batch:
         scores = conditional(item.tensor.to(device), item.context.to(device), 1).cpu()
-        terms.append(annotation_loss(scores, item, item.candidates(), prior_weight))
+        prior = conditional.objectness_prior(item.context)
+        terms.append(annotation_loss(scores, item, item.candidates(), prior, prior_weight))
     return mean_terms(terms)
 
 
@@ -119,10 +119,28 @@ def supervised_loss(
 
 @torch.no_grad()
 def predict_instances(prediction: MaskRCNN, image: Tensor, score_threshold: float) -> InstanceSet:
-    """The prediction network's output y_p: detections scoring at least score_threshold with
-    their masks binarised at 0.5. image: FloatTensor[3, H, W] in [0, 1]."""
+    """The prediction network's detections scoring at least score_threshold, with their masks
+    binarised at 0.5. image: FloatTensor[3, H, W] in [0, 1]."""
     output = prediction([image])[0]
-    keep = output["scores"] >= score_threshold
+    return _detected_instances(output, output["scores"] >= score_threshold)
+
+
+@torch.no_grad()
+def sample_prediction(prediction: MaskRCNN, image: Tensor, min_score: float) -> InstanceSet:
+    """A sample y_p ~ Pr_p of the prediction network's output (the seed's eq. 13 takes the
+    expectation over such samples): each detection scoring at least min_score is an instance
+    with probability its score, independently of the others. Sampling instead of thresholding
+    keeps y_p meaningful while the prediction network is unsure: trained for minutes from
+    scratch its detections score 0.1-0.3, and a threshold of 0.5 left y_p empty on nearly every
+    image. image: FloatTensor[3, H, W] in [0, 1]."""
+    output = prediction([image])[0]
+    scores = output["scores"]
+    draws = torch.rand(scores.shape).to(scores.device)
+    return _detected_instances(output, (scores >= min_score) & (draws < scores))
+
+
+def _detected_instances(output: dict[str, Tensor], keep: Tensor) -> InstanceSet:
+    """The kept detections of a torchvision Mask R-CNN output as an InstanceSet (CPU)."""
     masks = output["masks"][keep, 0] > 0.5
     nonempty = masks.flatten(1).any(1)
     return InstanceSet.from_masks(
@@ -139,11 +157,10 @@ def c_step_loss(
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    """Algorithm 1 of the seed against the prediction network's output y_p, plus the warm
-    start's annotation loss on every sample.
+    """Algorithm 1 of the seed against a sample y_p of the prediction network's output, plus
+    the warm start's annotation loss on every sample.
 
-    An image where y_p is empty (no detection reaches `prediction_threshold`, as with a
-    prediction network trained from scratch for minutes) gets the annotation loss alone:
+    An image where y_p is empty (no detection was sampled) gets the annotation loss alone:
     Algorithm 1's agreement term is then 0 and its diversity term, unopposed, flattens the
     scores until every sample leaves its best consistent output (given boxes, top-1 IoU fell
     from 0.90 to 0.46 in two C-steps).
@@ -152,10 +169,11 @@ def c_step_loss(
     terms = []
     for item in batch:
         image = item.tensor.to(device)
-        y_p = predict_instances(prediction, image, config.prediction_threshold)
+        y_p = sample_prediction(prediction, image, config.prediction_threshold)
         scores = conditional(image, item.context.to(device), config.k).cpu()
         candidates = item.candidates()
-        anchor = annotation_loss(scores, item, candidates, config.prior_weight)
+        prior = conditional.objectness_prior(item.context)
+        anchor = annotation_loss(scores, item, candidates, prior, config.prior_weight)
         if len(y_p) == 0:
             zero = scores.sum() * 0
             terms.append({"loss_agreement": zero, "loss_diversity": zero, **anchor})

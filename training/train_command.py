@@ -178,8 +178,9 @@ def train_command(
         float,
         typer.Option(
             "--prediction-threshold",
-            help="Score from which a prediction-network detection counts as an instance of "
-            "y_p in the C-step; an image with none gets the warm start's loss alone.",
+            help="C-step: y_p is a sample of the prediction network's output, each detection "
+            "scoring at least this an instance with probability its score; an image whose "
+            "sample is empty gets the warm start's loss alone.",
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prediction_threshold,
@@ -297,7 +298,9 @@ def train_command(
                 out=out,
                 resume=resume,
                 cache_dir=cache_dir,
-                conditional_config=ConditionalConfig(inference=inference),
+                conditional_config=ConditionalConfig(
+                    inference=inference, border_prior_weight=config.border_prior_weight
+                ),
                 progress=progress,
             )
     except FloatingPointError as error:

@@ -174,6 +174,9 @@ def test_border_colours_mark_background_and_lower_the_objectness_prior():
     assert descriptors[0, BORDER_COLOUR_COLUMN] == 0
     assert descriptors[1, BORDER_COLOUR_COLUMN] == 1
     assert objectness_prior(descriptors)[0] > objectness_prior(descriptors)[1]
+    without_border = objectness_prior(descriptors, border_weight=0)
+    assert without_border[1] - objectness_prior(descriptors)[1] == pytest.approx(1)
+    assert without_border[0] == objectness_prior(descriptors)[0]
 
 
 def test_border_colour_likeness_scales_with_the_colour_share_on_the_border():

@@ -92,6 +92,7 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
     assert bundle.metadata["training"]["supervision"] == "boxes"
     assert bundle.metadata["training"]["k"] == 2
     assert bundle.conditional.config.inference.max_instances_per_tag is None
+    assert bundle.conditional.config.border_prior_weight == 0, "boxes train without it"
     assert state_path(out).is_file()
     records = [json.loads(line) for line in log_path(out).read_text().splitlines()]
     assert [r["phase"] for r in records if r["event"] == "phase_end"] == ["warm_start", "p_step"]

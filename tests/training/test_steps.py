@@ -1,4 +1,4 @@
-"""The C-step's loss on real training items: Algorithm 1 needs the prediction network's output;
+"""The C-step on real training items: Algorithm 1 needs a sample of the prediction network's output;
 without one an image keeps only the annotation loss."""
 
 import dataclasses
@@ -15,7 +15,7 @@ from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
 from training.proposal_cache import ProposalCache
 from training.run import prepare_items
-from training.steps import c_step_loss
+from training.steps import c_step_loss, sample_prediction
 
 CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 CONFIG = TrainConfig(k=3, image_size=48, max_proposals=30, device="cpu")
@@ -54,3 +54,30 @@ def test_without_prediction_output_only_the_annotation_loss_remains(setting):
     gradients = [p.grad for p in bundle.conditional.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in gradients)
     bundle.conditional.zero_grad(set_to_none=True)
+
+
+def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score():
+    scores = torch.tensor([1.0, 0.7, 0.3, 0.08])
+    masks = torch.zeros((4, 1, 8, 8))
+    for i in range(4):
+        masks[i, 0, i : i + 2, i : i + 2] = 0.9
+
+    def prediction(images):
+        return [{"scores": scores, "labels": torch.tensor([1, 2, 3, 1]), "masks": masks}]
+
+    torch.manual_seed(0)
+    draws = 2000
+    kept = torch.zeros(4)
+    for _ in range(draws):
+        y_p = sample_prediction(prediction, torch.zeros((3, 8, 8)), min_score=0.1)
+        for label, score in zip(y_p.labels, y_p.scores, strict=True):
+            kept[int((scores == score).nonzero())] += 1
+            assert int(label) == [1, 2, 3, 1][int((scores == score).nonzero())]
+    frequency = kept / draws
+    assert frequency[0] == 1 and frequency[3] == 0, "always above 1, never below min_score"
+    assert frequency[1:3].tolist() == pytest.approx([0.7, 0.3], abs=0.04)
+
+
+def test_the_boundary_prior_is_off_for_boxes_only():
+    assert TrainConfig(supervision="boxes").border_prior_weight == 0
+    assert TrainConfig(supervision="tags").border_prior_weight == 1
