@@ -42,6 +42,7 @@ RUNS: dict[str, list[str]] = {
     "ours, tags, K=1": ["--supervision", "tags", "--k", "1"],
     "ours, tags, γ=0": ["--supervision", "tags", "--gamma", "0"],
     "ours, tags, γ=1": ["--supervision", "tags", "--gamma", "1"],
+    "ours, tags, no C-step": ["--supervision", "tags", "--c-epochs", "0"],
     "ours, tags, every instance of positive margin": [
         "--supervision",
         "tags",

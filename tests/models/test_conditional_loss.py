@@ -64,7 +64,21 @@ def test_outputs_are_consistent_and_loss_vanishes_when_scores_dominate_delta() -
         assert sorted(selection.candidate_ids.tolist()) == [0, 1]
     losses = conditional_loss(scores.requires_grad_(), candidates, outputs, gamma=0.5)
     assert all(value.item() == 0 for value in losses.values())
-    assert len(outputs.pair_augmented) == 3 * 2
+    assert outputs.pair_augmented == {}, "equal samples make no diversity pairs"
+
+
+def test_only_samples_that_differ_make_diversity_pairs() -> None:
+    proposals = _disjoint_proposals(3)
+    candidates = tag_candidates(proposals)
+    scores = torch.zeros((3, 3, 2))
+    scores[:, :, 0] = 1.0
+    scores[0, 0, 1] = scores[1, 0, 1] = 3.0  # samples 0 and 1 pick proposal 0
+    scores[2, 1, 1] = 3.0  # sample 2 picks proposal 1
+    prediction = InstanceSet.from_masks(proposals[0:1], torch.tensor([1]))
+    outputs = c_step_outputs(
+        scores, candidates, TagAnnotation((1,)), prediction, InferenceConfig()
+    )
+    assert set(outputs.pair_augmented) == {(0, 2), (2, 0), (1, 2), (2, 1)}
 
 
 def test_loss_augmentation_moves_towards_high_loss_outputs() -> None:
