@@ -8,33 +8,19 @@ equal samples. Prints one JSON object with the medians and the share of tags wit
 one distinct pick.
 """
 
-import argparse
 import json
-from pathlib import Path
 
 import numpy as np
 import torch
+from training_images import open_inputs, parse_args
 
-from models.bundle import load_bundle
 from models.conditional import as_image_tensor, describe_proposals
-from training.data.coco import CocoDataset
-from training.proposal_cache import ProposalCache
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=50)
-    parser.add_argument("--k", type=int, default=10)
-    args = parser.parse_args()
-
-    bundle = load_bundle(args.model)
+    args = parse_args(__doc__, limit=50, k=10)
+    bundle, dataset, cache = open_inputs(args, "tags")
     network = bundle.conditional.eval()
-    dataset = CocoDataset(args.data, args.images, "tags")
-    cache = ProposalCache(args.cache_dir, bundle.proposal_settings)
     spreads, gaps, distinct = [], [], []
     for index in range(min(args.limit, len(dataset))):
         sample = dataset[index]

@@ -9,18 +9,14 @@ written to) a training proposal cache, so on training images that training did n
 nothing is recomputed.
 """
 
-import argparse
 import json
 from collections import Counter
-from pathlib import Path
 
 import torch
+from training_images import open_inputs, parse_args
 
 from models.annotations import TagAnnotation
-from models.bundle import load_bundle
 from models.delta import mask_iou
-from training.data.coco import CocoDataset
-from training.proposal_cache import ProposalCache
 
 
 def pick_kind(mask: torch.Tensor, label: int, gt_masks: torch.Tensor, gt_labels: torch.Tensor):
@@ -44,17 +40,8 @@ def pick_kind(mask: torch.Tensor, label: int, gt_masks: torch.Tensor, gt_labels:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=200)
-    args = parser.parse_args()
-
-    bundle = load_bundle(args.model)
-    dataset = CocoDataset(args.data, args.images, "masks")
-    cache = ProposalCache(args.cache_dir, bundle.proposal_settings)
+    args = parse_args(__doc__, limit=200)
+    bundle, dataset, cache = open_inputs(args, "masks")
     kinds: Counter[str] = Counter()
     found = total = 0
     for index in range(min(args.limit, len(dataset))):

@@ -7,18 +7,14 @@ Prints one JSON object: mean IoU and share >= 0.5 of each, for all tags and for 
 detection scores at least each of a few thresholds.
 """
 
-import argparse
 import json
-from pathlib import Path
 
 import torch
+from training_images import open_inputs, parse_args
 
 from models.annotations import TagAnnotation
-from models.bundle import load_bundle
 from models.conditional import as_image_tensor
 from models.delta import mask_iou
-from training.data.coco import CocoDataset
-from training.proposal_cache import ProposalCache
 
 THRESHOLDS = (0.0, 0.2, 0.3, 0.5)
 
@@ -39,18 +35,9 @@ def summary(rows: list[dict]) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--model", type=Path, required=True)
-    parser.add_argument("--data", type=Path, required=True)
-    parser.add_argument("--images", type=Path, required=True)
-    parser.add_argument("--cache-dir", type=Path, required=True)
-    parser.add_argument("--limit", type=int, default=80)
-    args = parser.parse_args()
-
-    bundle = load_bundle(args.model)
+    args = parse_args(__doc__, limit=80)
+    bundle, dataset, cache = open_inputs(args, "masks")
     bundle.prediction.eval()
-    dataset = CocoDataset(args.data, args.images, "masks")
-    cache = ProposalCache(args.cache_dir, bundle.proposal_settings)
     rows = []
     for index in range(min(args.limit, len(dataset))):
         sample, truth = dataset[index], dataset.ground_truth(index)

@@ -1,0 +1,32 @@
+"""What the scripts that look at a model's choices on training images share: their options and
+the model, dataset and proposal cache those name."""
+
+import argparse
+from pathlib import Path
+
+from models.bundle import ModelBundle, load_bundle
+from training.data.coco import CocoDataset
+from training.data.dataset import Supervision
+from training.proposal_cache import ProposalCache
+
+
+def parse_args(description: str, limit: int, **extra: int) -> argparse.Namespace:
+    """--model, --data, --images, --cache-dir (the training proposal cache, so that training
+    images are not recomputed), --limit, and an int option per `extra` keyword (its default)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--images", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, required=True)
+    parser.add_argument("--limit", type=int, default=limit)
+    for name, default in extra.items():
+        parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
+    return parser.parse_args()
+
+
+def open_inputs(
+    args: argparse.Namespace, supervision: Supervision
+) -> tuple[ModelBundle, CocoDataset, ProposalCache]:
+    bundle = load_bundle(args.model)
+    dataset = CocoDataset(args.data, args.images, supervision)
+    return bundle, dataset, ProposalCache(args.cache_dir, bundle.proposal_settings)
