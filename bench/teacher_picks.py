@@ -51,8 +51,12 @@ def main() -> None:
         for label in tags.labels:
             same_class = gt_masks[gt_labels == label]
             picked = pick.masks[pick.labels == label]
-            row = {"conditional": best_iou(picked[0], same_class), "score": 0.0}
-            row |= {"prediction": 0.0, "matched_proposal": 0.0}
+            row = {
+                "conditional": best_iou(picked[0], same_class),
+                "score": 0.0,
+                "prediction": 0.0,
+                "matched_proposal": 0.0,
+            }
             of_class = (detections["labels"] == label).nonzero().squeeze(1)
             if len(of_class):
                 top = of_class[detections["scores"][of_class].argmax()]

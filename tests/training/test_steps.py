@@ -1,5 +1,5 @@
-"""The C-step on real training items: Algorithm 1 needs a sample of the prediction network's output;
-without one an image keeps only the annotation loss."""
+"""The C-step on real training items: Algorithm 1 needs a sample of the prediction network's
+output; without one an image keeps only the annotation loss."""
 
 import dataclasses
 from pathlib import Path
@@ -74,7 +74,7 @@ def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score
             kept[int((scores == score).nonzero())] += 1
             assert int(label) == [1, 2, 3, 1][int((scores == score).nonzero())]
     frequency = kept / draws
-    assert frequency[0] == 1 and frequency[3] == 0, "always above 1, never below min_score"
+    assert frequency[0] == 1 and frequency[3] == 0, "always at score 1, never below min_score"
     assert frequency[1:3].tolist() == pytest.approx([0.7, 0.3], abs=0.04)
 
 
