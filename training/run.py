@@ -1,6 +1,10 @@
 """`train`: from a COCO-format dataset to a checkpoint bundle (items, networks, schedule)."""
 
 import logging
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -11,7 +15,8 @@ from models.conditional import ConditionalConfig
 from models.proposals import ProposalSettings
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
-from training.distributed import init_distributed, resolve_device, shard_indices
+from training.data.dataset import Sample
+from training.distributed import Rank, init_distributed, resolve_device, shard_indices
 from training.items import TrainingItem, prepare_item
 from training.proposal_cache import ProposalCache
 from training.trainer import Trainer, state_path
@@ -27,12 +32,42 @@ def prepare_items(
     image_size: int,
     progress: bool,
     baseline: str | None = None,
+    workers: int = 1,
 ) -> list[TrainingItem]:
-    """Proposals (cached on disk), proposal context and candidate geometry for each image."""
-    return [
-        prepare_item(i, dataset[i], cache, conditional_config, image_size, baseline)
-        for i in tqdm(indices, desc="proposals", unit="image", disable=not progress)
-    ]
+    """Proposals (cached on disk), proposal context and candidate geometry for each image.
+
+    With `workers` > 1 the images are prepared in that many processes of one torch thread
+    each (the items are the same); the images are read in this one.
+    """
+    prepare = partial(
+        _prepare_item,
+        cache=cache,
+        config=conditional_config,
+        max_size=image_size,
+        baseline=baseline,
+    )
+    samples = ((i, dataset[i]) for i in indices)
+    bar = partial(tqdm, total=len(indices), desc="proposals", unit="image", disable=not progress)
+    if workers <= 1:
+        return list(bar(map(prepare, samples)))
+    with ProcessPoolExecutor(
+        workers,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=torch.set_num_threads,
+        initargs=(1,),
+    ) as pool:
+        return list(bar(pool.map(prepare, samples, chunksize=4)))
+
+
+def _prepare_item(indexed_sample: tuple[int, Sample], **settings) -> TrainingItem:
+    return prepare_item(*indexed_sample, **settings)
+
+
+def preparation_workers(images: int, rank: Rank) -> int:
+    """Processes for `prepare_items`: this rank's share of the CPUs, and none beyond one per
+    16 images (a worker's start-up, imports included, costs a few seconds)."""
+    cpus = len(os.sched_getaffinity(0)) // rank.world_size
+    return max(1, min(cpus, images // 16))
 
 
 def train(
@@ -92,6 +127,7 @@ def train(
         config.image_size,
         progress and rank.is_main,
         config.baseline,
+        preparation_workers(len(shard), rank),
     )
     trainer = Trainer(config, bundle, items, out, device, rank=rank, progress=progress)
     if resume:

@@ -1,5 +1,5 @@
-"""The C-step on real training items: Algorithm 1 needs a sample of the prediction network's
-output; without one an image keeps only the annotation loss."""
+"""Training items, and the C-step on them: Algorithm 1 needs a sample of the prediction
+network's output; without one an image keeps only the annotation loss."""
 
 import dataclasses
 from pathlib import Path
@@ -38,11 +38,26 @@ def setting(request, tmp_path_factory):
         metadata={},
     )
     bundle.prediction.eval()
-    return items, bundle
+    return items, bundle, dataset, cache
+
+
+def test_items_prepared_in_worker_processes_are_the_ones_prepared_inline(setting):
+    items, _, dataset, cache = setting
+    parallel = prepare_items(
+        dataset, [0, 1], cache, CONDITIONAL, CONFIG.image_size, False, workers=2
+    )
+    for inline, worker in zip(items, parallel, strict=True):
+        assert inline.index == worker.index
+        annotations = [dataclasses.asdict(item.annotation) for item in (inline, worker)]
+        torch.testing.assert_close(*annotations)
+        assert (inline.packed_proposals == worker.packed_proposals).all()
+        torch.testing.assert_close(inline.context, worker.context)
+        torch.testing.assert_close(inline.geometry, worker.geometry)
+        torch.testing.assert_close(inline.box_labels, worker.box_labels)
 
 
 def test_without_prediction_output_only_the_annotation_loss_remains(setting):
-    items, bundle = setting
+    items, bundle, *_ = setting
     nothing_reaches = dataclasses.replace(CONFIG, prediction_threshold=1.01)
     terms = c_step_loss(
         items, bundle.prediction, bundle.conditional, nothing_reaches, torch.device("cpu")
