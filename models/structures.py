@@ -48,6 +48,12 @@ class InstanceSet:
             proposal_ids=torch.full((n,), -1, dtype=torch.int64),
         )
 
+    def subset(self, keep: Tensor) -> "InstanceSet":
+        """The instances selected by `keep` (BoolTensor[N] or Int64Tensor of indices)."""
+        return InstanceSet(
+            self.masks[keep], self.labels[keep], self.scores[keep], self.proposal_ids[keep]
+        )
+
     @property
     def boxes(self) -> Tensor:
         """FloatTensor[N, 4]: tight boxes of the masks in x0, y0, x1, y1 pixels (x1, y1 exclusive);
