@@ -13,9 +13,8 @@ instances added and of those right.
 import json
 
 import torch
-from training_images import open_inputs, parse_args
+from training_images import open_inputs, parse_args, tag_picks
 
-from models.annotations import TagAnnotation
 from models.conditional import as_image_tensor
 from models.delta import mask_iou
 from models.structures import InstanceSet
@@ -38,12 +37,7 @@ def main() -> None:
         t: dict.fromkeys(("truth", "recalled", "pseudo", "right", "added", "added_right"), 0)
         for t in (None, *THRESHOLDS)
     }
-    for index in range(min(args.limit, len(dataset))):
-        sample, truth = dataset[index], dataset.ground_truth(index)
-        tags = TagAnnotation(tuple(sorted(sample.tags)))
-        proposals = cache.get(sample.image)
-        generator = torch.Generator().manual_seed(0)
-        pick = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)[0]
+    for sample, truth, tags, _, pick in tag_picks(bundle, dataset, cache, args.limit):
         image = as_image_tensor(sample.image.copy())
         detections = tagged_detections(bundle.prediction, image, tags, min(THRESHOLDS))
         masks, labels = torch.from_numpy(truth.masks), torch.from_numpy(truth.labels)

@@ -13,9 +13,8 @@ import json
 from collections import Counter
 
 import torch
-from training_images import open_inputs, parse_args
+from training_images import open_inputs, parse_args, tag_picks
 
-from models.annotations import TagAnnotation
 from models.delta import mask_iou
 
 
@@ -44,15 +43,10 @@ def main() -> None:
     bundle, dataset, cache = open_inputs(args, "masks")
     kinds: Counter[str] = Counter()
     found = total = 0
-    for index in range(min(args.limit, len(dataset))):
-        sample, gt = dataset[index], dataset.ground_truth(index)
-        tags = TagAnnotation(tuple(sorted(sample.tags)))
-        proposals = cache.get(sample.image)
-        generator = torch.Generator().manual_seed(0)
-        picked = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)
+    for _, gt, _, _, pick in tag_picks(bundle, dataset, cache, args.limit):
         gt_masks, gt_labels = torch.from_numpy(gt.masks), torch.from_numpy(gt.labels)
         hits = set()
-        for mask, label in zip(picked[0].masks, picked[0].labels, strict=True):
+        for mask, label in zip(pick.masks, pick.labels, strict=True):
             kind, hit = pick_kind(mask, int(label), gt_masks, gt_labels)
             kinds[kind] += 1
             if hit is not None:

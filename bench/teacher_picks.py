@@ -10,9 +10,8 @@ detection scores at least each of a few thresholds.
 import json
 
 import torch
-from training_images import open_inputs, parse_args
+from training_images import open_inputs, parse_args, tag_picks
 
-from models.annotations import TagAnnotation
 from models.conditional import as_image_tensor
 from models.delta import mask_iou
 
@@ -39,12 +38,7 @@ def main() -> None:
     bundle, dataset, cache = open_inputs(args, "masks")
     bundle.prediction.eval()
     rows = []
-    for index in range(min(args.limit, len(dataset))):
-        sample, truth = dataset[index], dataset.ground_truth(index)
-        tags = TagAnnotation(tuple(sorted(sample.tags)))
-        proposals = cache.get(sample.image)
-        generator = torch.Generator().manual_seed(0)
-        pick = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)[0]
+    for sample, truth, tags, proposals, pick in tag_picks(bundle, dataset, cache, args.limit):
         with torch.no_grad():
             detections = bundle.prediction([as_image_tensor(sample.image.copy())])[0]
         gt_masks, gt_labels = torch.from_numpy(truth.masks), torch.from_numpy(truth.labels)

@@ -2,11 +2,16 @@
 the model, dataset and proposal cache those name."""
 
 import argparse
+from collections.abc import Iterator
 from pathlib import Path
 
+import torch
+
+from models.annotations import TagAnnotation
 from models.bundle import ModelBundle, load_bundle
+from models.structures import InstanceSet
 from training.data.coco import CocoDataset
-from training.data.dataset import Supervision
+from training.data.dataset import Instances, Sample, Supervision
 from training.proposal_cache import ProposalCache
 
 
@@ -30,3 +35,17 @@ def open_inputs(
     bundle = load_bundle(args.model)
     dataset = CocoDataset(args.data, args.images, supervision)
     return bundle, dataset, ProposalCache(args.cache_dir, bundle.proposal_settings)
+
+
+def tag_picks(
+    bundle: ModelBundle, dataset: CocoDataset, cache: ProposalCache, limit: int
+) -> Iterator[tuple[Sample, Instances, TagAnnotation, torch.Tensor, InstanceSet]]:
+    """For each of the first `limit` images: the sample, its ground truth, its tags, its
+    proposals and the conditional network's pick given the tags (one sample, noise seed 0)."""
+    for index in range(min(limit, len(dataset))):
+        sample = dataset[index]
+        tags = TagAnnotation(tuple(sorted(sample.tags)))
+        proposals = cache.get(sample.image)
+        generator = torch.Generator().manual_seed(0)
+        pick = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)[0]
+        yield sample, dataset.ground_truth(index), tags, proposals, pick
