@@ -4,10 +4,13 @@ images, given tags).
 A conditional sample keeps one instance per tagged class, so a second instance of a class is
 background to the P-step. For each score threshold, the prediction network's detections of
 tagged classes that overlap no instance of the sample (mask IoU < --max-iou-percent / 100)
-join it (training.steps.with_unmatched). Prints one JSON object: per threshold, the pseudo
+join it. Prints one JSON object: per threshold, the pseudo
 labels' recall (ground-truth instances with a same-class pseudo instance of IoU >= 0.5),
 precision (pseudo instances with a same-class ground truth of IoU >= 0.5) and the number of
 instances added and of those right.
+
+Measured after round 1 of a tags run (bench/results.md): the detections it would add are
+nearly all wrong, so pseudo labels are not completed this way in training.
 """
 
 import json
@@ -18,9 +21,24 @@ from training_images import open_inputs, parse_args, tag_picks
 from models.conditional import as_image_tensor
 from models.delta import mask_iou
 from models.structures import InstanceSet
-from training.steps import tagged_detections, with_unmatched
+from training.steps import predict_instances
 
-THRESHOLDS = (0.3, 0.5, 0.7)
+THRESHOLDS = (0.15, 0.2, 0.3, 0.5)
+
+
+def with_unmatched(sample: InstanceSet, extra: InstanceSet, max_iou: float) -> InstanceSet:
+    """The sample's instances, then those of `extra` whose mask IoU with every instance of the
+    sample is below max_iou."""
+    if len(extra) == 0:
+        return sample
+    if len(sample):
+        extra = extra.subset(mask_iou(extra.masks, sample.masks).amax(dim=1) < max_iou)
+    return InstanceSet(
+        masks=torch.cat([sample.masks, extra.masks]),
+        labels=torch.cat([sample.labels, extra.labels]),
+        scores=torch.cat([sample.scores, extra.scores]),
+        proposal_ids=torch.cat([sample.proposal_ids, extra.proposal_ids]),
+    )
 
 
 def hits(instances: InstanceSet, masks: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -39,7 +57,8 @@ def main() -> None:
     }
     for sample, truth, tags, _, pick in tag_picks(bundle, dataset, cache, args.limit):
         image = as_image_tensor(sample.image.copy())
-        detections = tagged_detections(bundle.prediction, image, tags, min(THRESHOLDS))
+        detections = predict_instances(bundle.prediction, image, min(THRESHOLDS))
+        detections = detections.subset(torch.isin(detections.labels, torch.tensor(tags.labels)))
         masks, labels = torch.from_numpy(truth.masks), torch.from_numpy(truth.labels)
         for threshold, count in counts.items():
             extra = detections.subset(detections.scores >= (threshold or 2.0))

@@ -25,10 +25,6 @@ class TrainConfig:
     prediction_threshold: in the C-step, detections scoring below it are never part of the
         sample y_p of the prediction network's output; above it each is, with probability its
         score.
-    bootstrap_score: tags, P-steps after the first: the prediction network's detections of
-        tagged classes scoring at least this, overlapping no instance of a pseudo label (mask
-        IoU < 0.3), join it: a sample keeps one instance per tagged class, and the other
-        instances would be background to Mask R-CNN. None: off.
     """
 
     supervision: Supervision = "tags"
@@ -47,7 +43,6 @@ class TrainConfig:
     image_size: int = 256
     max_proposals: int = 300
     prediction_threshold: float = 0.1
-    bootstrap_score: float | None = None
     seed: int = 0
     device: str = "auto"
     backbone_weights: str | None = None
@@ -66,8 +61,6 @@ class TrainConfig:
             "batch_size must be at least 1": self.batch_size >= 1,
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,
-            "bootstrap_score must be in [0, 1]": self.bootstrap_score is None
-            or 0 <= self.bootstrap_score <= 1,
             "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
             "baseline must be box-mask or grabcut, with boxes supervision": self.baseline is None
             or (self.baseline in ("box-mask", "grabcut") and self.supervision == "boxes"),

@@ -12,7 +12,6 @@ from models.annotations import TagAnnotation
 from models.candidates import Candidates
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
-from models.delta import mask_iou
 from models.inference import consistent_argmax, to_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
@@ -24,9 +23,6 @@ from models.warm_start import (
 )
 from training.config import TrainConfig
 from training.items import TrainingItem
-
-# a detection overlapping a pseudo instance this much is taken for that instance
-BOOTSTRAP_MAX_IOU = 0.3
 
 
 def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -99,19 +95,15 @@ def p_step_loss(
     conditional: ConditionalNet,
     config: TrainConfig,
     device: torch.device,
-    detections: dict[int, InstanceSet] | None = None,
 ) -> dict[str, Tensor]:
-    """Mask R-CNN on K pseudo labels per image, with the self-diversity term. `detections`
-    (item index -> instances) join each pseudo label where they overlap none of its instances
-    (`with_unmatched`)."""
-    detections = detections or {}
-    targets = []
-    for item in batch:
-        samples = pseudo_labels(item, conditional, config.k, device)
-        if item.index in detections:
-            extra = detections[item.index]
-            samples = [with_unmatched(y, extra, BOOTSTRAP_MAX_IOU) for y in samples]
-        targets.append([_to_device(instance_target(y), device) for y in samples])
+    """Mask R-CNN on K pseudo labels per image, with the self-diversity term."""
+    targets = [
+        [
+            _to_device(instance_target(y), device)
+            for y in pseudo_labels(item, conditional, config.k, device)
+        ]
+        for item in batch
+    ]
     images = [item.tensor.to(device) for item in batch]
     return pseudo_target_loss(prediction, images, targets, gamma=config.gamma)
 
@@ -145,33 +137,6 @@ def sample_prediction(prediction: MaskRCNN, image: Tensor, min_score: float) -> 
     scores = output["scores"]
     draws = torch.rand(scores.shape).to(scores.device)
     return _detected_instances(output, (scores >= min_score) & (draws < scores))
-
-
-@torch.no_grad()
-def tagged_detections(
-    prediction: MaskRCNN, image: Tensor, tags: TagAnnotation, score_threshold: float
-) -> InstanceSet:
-    """The prediction network's detections of tagged classes scoring at least
-    score_threshold (masks binarised at 0.5). image: FloatTensor[3, H, W] in [0, 1]."""
-    output = prediction([image])[0]
-    tagged = torch.isin(output["labels"], torch.tensor(tags.labels).to(output["labels"]))
-    return _detected_instances(output, tagged & (output["scores"] >= score_threshold))
-
-
-def with_unmatched(sample: InstanceSet, extra: InstanceSet, max_iou: float) -> InstanceSet:
-    """The sample's instances, then those of `extra` whose mask IoU with every instance of the
-    sample is below max_iou (a sample keeps one instance per tagged class; this adds the other
-    instances a detector found)."""
-    if len(extra) == 0:
-        return sample
-    if len(sample):
-        extra = extra.subset(mask_iou(extra.masks, sample.masks).amax(dim=1) < max_iou)
-    return InstanceSet(
-        masks=torch.cat([sample.masks, extra.masks]),
-        labels=torch.cat([sample.labels, extra.labels]),
-        scores=torch.cat([sample.scores, extra.scores]),
-        proposal_ids=torch.cat([sample.proposal_ids, extra.proposal_ids]),
-    )
 
 
 def _detected_instances(output: dict[str, Tensor], keep: Tensor) -> InstanceSet:

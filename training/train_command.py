@@ -184,16 +184,6 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prediction_threshold,
-    bootstrap_score: Annotated[
-        float | None,
-        typer.Option(
-            "--bootstrap-score",
-            help="Tags, P-steps after the first: the prediction network's detections of tagged "
-            "classes scoring at least this that overlap no instance of a pseudo label join it "
-            "(a pseudo label keeps one instance per tagged class). Off when not given.",
-            rich_help_panel=_TRAINING,
-        ),
-    ] = DEFAULTS.bootstrap_score,
     max_instances_per_tag: Annotated[
         int,
         typer.Option(
@@ -288,7 +278,6 @@ def train_command(
             image_size=image_size,
             max_proposals=max_proposals,
             prediction_threshold=prediction_threshold,
-            bootstrap_score=bootstrap_score,
             seed=seed,
             device=device,
             backbone_weights=backbone_weights,

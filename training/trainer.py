@@ -22,19 +22,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from models.annotations import TagAnnotation
 from models.bundle import ModelBundle, save_bundle
-from models.structures import InstanceSet
 from training.config import TrainConfig
 from training.distributed import Rank, average_gradients
 from training.items import TrainingItem
-from training.steps import (
-    c_step_loss,
-    p_step_loss,
-    supervised_loss,
-    tagged_detections,
-    warm_start_loss,
-)
+from training.steps import c_step_loss, p_step_loss, supervised_loss, warm_start_loss
 
 
 @dataclass(frozen=True)
@@ -86,10 +78,6 @@ class Trainer:
         self.rng = np.random.default_rng(self.config.seed + self.rank.index)
         self.log_file = log_path(self.out).open("a") if self.rank.is_main else None
 
-    @property
-    def show_progress(self) -> bool:
-        return self.progress and self.rank.is_main
-
     def loss_fn(
         self, phase: Phase
     ) -> tuple[Callable[[list[TrainingItem]], dict[str, Tensor]], str]:
@@ -104,37 +92,10 @@ class Trainer:
                 lambda batch: c_step_loss(batch, b.prediction, b.conditional, c, d)
             ), "conditional"
         if phase.name == "p_step":
-            detections = self.bootstrap_detections(phase)
             return (
-                lambda batch: p_step_loss(batch, b.prediction, b.conditional, c, d, detections)
+                lambda batch: p_step_loss(batch, b.prediction, b.conditional, c, d)
             ), "prediction"
         return (lambda batch: supervised_loss(batch, b.prediction, d)), "prediction"
-
-    def bootstrap_detections(self, phase: Phase) -> dict[int, InstanceSet]:
-        """Tags, P-steps after the first, with `bootstrap_score` set: the prediction network's
-        detections of each item's tagged classes, from the network as the phase starts."""
-        if self.config.bootstrap_score is None or phase.round < 2:
-            return {}
-        tagged = [item for item in self.items if isinstance(item.annotation, TagAnnotation)]
-        self.bundle.prediction.eval()
-        detections = {
-            item.index: tagged_detections(
-                self.bundle.prediction,
-                item.tensor.to(self.device),
-                item.annotation,
-                self.config.bootstrap_score,
-            )
-            for item in tqdm(
-                tagged,
-                desc=f"detections r{phase.round}",
-                unit="image",
-                disable=not self.show_progress,
-            )
-        }
-        self.bundle.prediction.train()
-        found = sum(len(d) for d in detections.values())
-        self._log(event="bootstrap", round=phase.round, images=len(detections), detections=found)
-        return detections
 
     def set_modes(self, phase: Phase) -> None:
         """The trained network in train mode, the other one (used for inference) in eval."""
@@ -157,14 +118,14 @@ class Trainer:
         return [[self.items[i] for i in order[s : s + size]] for s in range(0, len(order), size)]
 
     def run_phase(self, phase: Phase) -> None:
-        loss_fn, trained = self.loss_fn(phase)
         self.set_modes(phase)
+        loss_fn, trained = self.loss_fn(phase)
         steps = phase.epochs * math.ceil(len(self.items) / self.config.batch_size)
         bar = tqdm(
             total=steps,
             desc=f"{phase.name} r{phase.round}",
             unit="step",
-            disable=not self.show_progress,
+            disable=not (self.progress and self.rank.is_main),
             dynamic_ncols=True,
         )
         with bar:

@@ -7,17 +7,15 @@ from pathlib import Path
 import pytest
 import torch
 
-from models.annotations import TagAnnotation
 from models.bundle import build_bundle
 from models.conditional import ConditionalConfig
 from models.proposals import ProposalSettings
-from models.structures import InstanceSet
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
 from training.proposal_cache import ProposalCache
 from training.run import prepare_items
-from training.steps import c_step_loss, sample_prediction, tagged_detections, with_unmatched
+from training.steps import c_step_loss, sample_prediction
 
 CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 CONFIG = TrainConfig(k=3, image_size=48, max_proposals=30, device="cpu")
@@ -98,43 +96,3 @@ def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score
 def test_the_boundary_prior_is_off_for_boxes_only():
     assert TrainConfig(supervision="boxes").border_prior_weight == 0
     assert TrainConfig(supervision="tags").border_prior_weight == 1
-
-
-def square(top: int, left: int, side: int = 10) -> torch.Tensor:
-    mask = torch.zeros(1, 32, 32, dtype=torch.bool)
-    mask[0, top : top + side, left : left + side] = True
-    return mask
-
-
-def test_with_unmatched_adds_the_instances_that_overlap_none():
-    sample = InstanceSet.from_masks(square(0, 0), torch.tensor([1]))
-    extra = InstanceSet.from_masks(
-        torch.cat([square(1, 1), square(20, 20), square(0, 8)]), torch.tensor([1, 1, 2])
-    )
-    merged = with_unmatched(sample, extra, max_iou=0.3)
-    # IoU 81/119 with the sample's instance: taken for it; 0: added; 20/180: added
-    assert merged.labels.tolist() == [1, 1, 2]
-    assert torch.equal(merged.masks[1:], torch.cat([square(20, 20), square(0, 8)]))
-    assert merged.proposal_ids.tolist() == [-1, -1, -1]
-    empty = InstanceSet.empty((32, 32))
-    assert torch.equal(with_unmatched(empty, extra, 0.3).masks, extra.masks)
-    assert with_unmatched(sample, empty, 0.3) is sample
-
-
-def test_tagged_detections_keep_tagged_classes_scoring_enough(setting):
-    items, bundle, *_ = setting
-    item = items[0]
-    if not isinstance(item.annotation, TagAnnotation):
-        pytest.skip("tags only")
-    bundle.prediction.roi_heads.score_thresh = 0.0  # an untrained network scores low
-    try:
-        everything = bundle.prediction([item.tensor])[0]
-        found = tagged_detections(bundle.prediction, item.tensor, item.annotation, 0.0)
-        confident = tagged_detections(bundle.prediction, item.tensor, item.annotation, 0.2)
-    finally:
-        bundle.prediction.roi_heads.score_thresh = 0.05
-    tagged = torch.isin(everything["labels"], torch.tensor(item.annotation.labels))
-    assert len(found) == int(tagged.sum()) < len(everything["labels"])
-    assert set(found.labels.tolist()) <= set(item.annotation.labels)
-    assert len(confident) == int((tagged & (everything["scores"] >= 0.2)).sum())
-    assert found.masks.shape[-2:] == item.tensor.shape[-2:]

@@ -29,6 +29,8 @@ TINY = TrainConfig(
 STEPS_PER_EPOCH = 2  # 3 training images in batches of 2
 
 
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
@@ -161,14 +163,3 @@ def test_resume_refuses_a_dataset_with_other_classes(data, cache_dir, tmp_path, 
     other.write_text(json.dumps(renamed))
     with pytest.raises(ValueError, match="cannot resume.*blob"):
         run(config, (other, root), cache_dir, out, resume=True)
-
-
-def test_bootstrap_detections_are_found_for_p_steps_after_the_first(data, cache_dir, tmp_path):
-    out = tmp_path / "model.pt"
-    config = dataclasses.replace(TINY, supervision="tags", rounds=1, bootstrap_score=0.0)
-    run(config, data, cache_dir, out)
-    records = read_log(out)
-    bootstraps = [r for r in records if r["event"] == "bootstrap"]
-    assert [r["round"] for r in bootstraps] == [2] and bootstraps[0]["images"] == 3
-    final_p_step = [r for r in records if r["event"] == "step" and r["round"] == 2]
-    assert records.index(bootstraps[0]) < records.index(final_p_step[0])
