@@ -123,7 +123,7 @@ def pseudo_target_loss(
         "loss_objectness": [objectness_loss for objectness_loss, _ in rpn_losses],
         "loss_rpn_box_reg": [rpn_box_loss for _, rpn_box_loss in rpn_losses],
     }
-    instance_class_logits, positive_mask_logits, positive_labels = [], [], []
+    sampled_class_logits, positive_mask_logits, positive_labels = [], [], []
     for k, sample in enumerate(samples):
         class_logits_k = class_logits[box_gather[k]]  # (R_k, C+1) over the images
         loss_classifier, loss_box_reg = fastrcnn_loss(
@@ -142,9 +142,9 @@ def pseudo_target_loss(
                 [idxs[p] for idxs, p in zip(sample.matched_idxs, positive_k, strict=True)],
             )
         )
-        # the self-diversity averages over every sample's instance RoIs: a target counts as
-        # often as the samples it stands for
-        instance_class_logits += [class_logits_k[torch.cat(positive_k)]] * multiplicity[k]
+        # the self-diversity averages over every sample's RoIs: a target counts as often as
+        # the samples it stands for
+        sampled_class_logits += [class_logits_k] * multiplicity[k]
         positive_mask_logits += [mask_logits_k] * multiplicity[k]
         positive_labels += [
             labels[p] for labels, p in zip(sample.labels, positive_k, strict=True)
@@ -154,38 +154,33 @@ def pseudo_target_loss(
     }
 
     div_pp = self_diversity(
-        torch.cat(instance_class_logits),
-        torch.cat(positive_mask_logits),
-        torch.cat(positive_labels),
+        torch.cat(sampled_class_logits), torch.cat(positive_mask_logits), torch.cat(positive_labels)
     )
     losses["loss_self_diversity"] = -(1.0 - gamma) * div_pp
     losses["div_pp"] = div_pp.detach()
     return losses
 
 
-def self_diversity(class_logits: Tensor, mask_logits: Tensor, labels: Tensor) -> Tensor:
-    """DIV_Δ(Pr_p, Pr_p) of the factorised Mask R-CNN output over its instance RoIs, exactly.
+def self_diversity(class_logits: Tensor, mask_logits: Tensor, mask_labels: Tensor) -> Tensor:
+    """DIV_Δ(Pr_p, Pr_p) of the factorised Mask R-CNN output, exactly.
 
     Two independent draws from class distribution q disagree with probability 1 - sum_c q_c^2;
     two draws of a pixel with foreground probability p disagree with probability 2 p (1 - p).
-    Only the RoIs matched to an instance of the target count: a background RoI is no instance
-    of an output y_p, and rewarding its class disagreement pushed the background RoIs towards
-    uniform class scores (low-scoring false detections; bench/results.md).
 
     Args:
-        class_logits: `FloatTensor[M, C+1]` class scores of the M positive RoIs.
-        mask_logits: `FloatTensor[M, C+1, S, S]` their mask logits.
-        labels: `Int64Tensor[M]` class of each positive RoI; its mask channel is used.
+        class_logits: `FloatTensor[R, C+1]` scores of R sampled RoIs.
+        mask_logits: `FloatTensor[M, C+1, S, S]` mask logits of the M positive RoIs.
+        mask_labels: `Int64Tensor[M]` class of each positive RoI; its channel is used.
 
     Returns:
-        A scalar: the class disagreement averaged over the M RoIs plus the pixel disagreement
+        A scalar: the class disagreement averaged over RoIs plus the pixel disagreement
         averaged over the M * S * S pixels (0, attached to the graph, when M = 0).
     """
-    if labels.shape[0] == 0:
-        return class_logits.sum() * 0 + mask_logits.sum() * 0
     q = class_logits.softmax(dim=-1)
     class_div = (1.0 - (q * q).sum(dim=-1)).mean()
-    p = mask_logits[torch.arange(mask_logits.shape[0], device=mask_logits.device), labels]
+    if mask_logits.shape[0] == 0:
+        return class_div + mask_logits.sum() * 0
+    p = mask_logits[torch.arange(mask_logits.shape[0], device=mask_logits.device), mask_labels]
     p = p.sigmoid()  # (M, S, S)
     return class_div + (2.0 * p * (1.0 - p)).mean()
 
