@@ -5,6 +5,9 @@ the val split. Prints one JSON object per run as it finishes, and at the end the
 (mAP_r at IoU 0.25 / 0.5 / 0.75, ABO, training seconds). With `--parallel N`, N runs train at
 once with one torch thread each (on 2 cores, two runs of one thread finish sooner than two runs
 of two threads one after the other); their training seconds then count one thread each.
+
+Every run uses the `tiny` network. The schedule is the table's (`TABLE_SCHEDULE`, 7 Mask R-CNN
+epochs), or with `--preset-schedule` the tiny preset's shorter default.
 """
 
 import argparse
@@ -13,43 +16,56 @@ import os
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
-from training.config import TrainConfig
+from training.config import SCHEDULES, Schedule
 
-DEFAULTS = TrainConfig()
-# The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
-P_EPOCHS = str(DEFAULTS.rounds * DEFAULTS.p_epochs + DEFAULTS.final_p_epochs)
+# The schedule of every table since stop 8, the small and paper presets' default.
+TABLE_SCHEDULE = SCHEDULES["small"]
 
-RUNS: dict[str, list[str]] = {
-    "fully supervised (masks, upper bound)": ["--supervision", "masks"],
-    "ours, tags (K=10, γ=0.5)": ["--supervision", "tags"],
-    "ours, boxes (K=10, γ=0.5)": ["--supervision", "boxes"],
-    "baseline: best proposal per tag (warm start only, K=1)": [
-        "--supervision",
-        "tags",
-        "--rounds",
-        "0",
-        "--final-p-epochs",
-        P_EPOCHS,
-        "--k",
-        "1",
-        "--gamma",
-        "1",
-    ],
-    "baseline: box-as-mask": ["--supervision", "boxes", "--baseline", "box-mask"],
-    "baseline: GrabCut in box": ["--supervision", "boxes", "--baseline", "grabcut"],
-    "ours, tags, K=1": ["--supervision", "tags", "--k", "1"],
-    "ours, tags, γ=0": ["--supervision", "tags", "--gamma", "0"],
-    "ours, tags, γ=1": ["--supervision", "tags", "--gamma", "1"],
-    "ours, tags, no C-step": ["--supervision", "tags", "--c-epochs", "0"],
-    "ours, tags, every instance of positive margin": [
-        "--supervision",
-        "tags",
-        "--max-instances-per-tag",
-        "0",
-    ],
-}
+
+def schedule_options(schedule: Schedule) -> list[str]:
+    return [
+        f"--{option}"
+        for name, value in asdict(schedule).items()
+        for option in (name.replace("_", "-"), str(value))
+    ]
+
+
+def runs(schedule: Schedule) -> dict[str, list[str]]:
+    """The table's rows: their `discoseg train` options after the schedule's."""
+    # The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
+    p_epochs = str(schedule.rounds * schedule.p_epochs + schedule.final_p_epochs)
+    return {
+        "fully supervised (masks, upper bound)": ["--supervision", "masks"],
+        "ours, tags (K=10, γ=0.5)": ["--supervision", "tags"],
+        "ours, boxes (K=10, γ=0.5)": ["--supervision", "boxes"],
+        "baseline: best proposal per tag (warm start only, K=1)": [
+            "--supervision",
+            "tags",
+            "--rounds",
+            "0",
+            "--final-p-epochs",
+            p_epochs,
+            "--k",
+            "1",
+            "--gamma",
+            "1",
+        ],
+        "baseline: box-as-mask": ["--supervision", "boxes", "--baseline", "box-mask"],
+        "baseline: GrabCut in box": ["--supervision", "boxes", "--baseline", "grabcut"],
+        "ours, tags, K=1": ["--supervision", "tags", "--k", "1"],
+        "ours, tags, γ=0": ["--supervision", "tags", "--gamma", "0"],
+        "ours, tags, γ=1": ["--supervision", "tags", "--gamma", "1"],
+        "ours, tags, no C-step": ["--supervision", "tags", "--c-epochs", "0"],
+        "ours, tags, every instance of positive margin": [
+            "--supervision",
+            "tags",
+            "--max-instances-per-tag",
+            "0",
+        ],
+    }
 
 
 def discoseg(*args: str, env: dict[str, str] | None = None) -> None:
@@ -75,6 +91,7 @@ def train_and_evaluate(
         "--cache-dir",
         str(args.out / "proposals"),
         "--no-progress",
+        *args.schedule_options,
         *options,
         *args.train_args.split(),
         env=env,
@@ -110,7 +127,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run names (substrings) to run")
     parser.add_argument("--train-args", default="", help="extra `discoseg train` options")
     parser.add_argument("--parallel", type=int, default=1, help="runs training at once")
+    parser.add_argument(
+        "--preset-schedule",
+        action="store_true",
+        help="the tiny preset's default schedule instead of the table's",
+    )
     args = parser.parse_args()
+    schedule = SCHEDULES["tiny"] if args.preset_schedule else TABLE_SCHEDULE
+    args.schedule_options = schedule_options(schedule)
 
     data = args.out / "data"
     if not (data / "val.json").is_file():
@@ -132,7 +156,7 @@ def main() -> None:
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     selected = [
         (index, name, options)
-        for index, (name, options) in enumerate(RUNS.items())
+        for index, (name, options) in enumerate(runs(schedule).items())
         if not args.only or any(part in name for part in args.only)
     ]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:

@@ -1,8 +1,29 @@
 """Training settings, filled by the CLI; defaults are the documented ones."""
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from training.data.dataset import Supervision
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """Phase lengths of the DISCO schedule (DESIGN section 5), in passes over the images."""
+
+    warm_start_epochs: int
+    rounds: int
+    p_epochs: int
+    c_epochs: int
+    final_p_epochs: int
+
+
+# Each preset's default schedule. tiny: 100 images of 256 px from tags train in under 5
+# minutes on 2 CPU cores (bench/results.md); the others: 7 Mask R-CNN epochs, the schedule of
+# the results table.
+SCHEDULES: dict[str, Schedule] = {
+    "tiny": Schedule(warm_start_epochs=4, rounds=1, p_epochs=1, c_epochs=1, final_p_epochs=2),
+    "small": Schedule(warm_start_epochs=12, rounds=2, p_epochs=2, c_epochs=1, final_p_epochs=3),
+    "paper": Schedule(warm_start_epochs=12, rounds=2, p_epochs=2, c_epochs=1, final_p_epochs=3),
+}
 
 
 @dataclass(frozen=True)
@@ -13,8 +34,7 @@ class TrainConfig:
         bound: only the prediction network is trained, on the ground truth).
     k: conditional samples per image (pseudo labels in the P-step, Algorithm 1 in the C-step).
     gamma: γ of the dissimilarity coefficient; the P-step's self-diversity weight is 1 - γ.
-    rounds: P-step + C-step alternations after the warm start; a last P-step follows them.
-    *_epochs: passes over the training images per phase.
+    rounds, *_epochs: the schedule (`Schedule`); None takes the preset's (`SCHEDULES`).
     prior_weight: extra weight of the objectness prior in the warm start's detection stream
         (tags); the scores carry the prior with a learned weight already. Measured top-1 IoU
         per ground-truth instance after the warm start (dev data): 0.47 at 0, 0.42 at 1, 0.38
@@ -31,11 +51,11 @@ class TrainConfig:
     preset: str = "tiny"
     k: int = 10
     gamma: float = 0.5
-    rounds: int = 2
-    warm_start_epochs: int = 12
-    p_epochs: int = 2
-    c_epochs: int = 1
-    final_p_epochs: int = 3
+    rounds: int | None = None
+    warm_start_epochs: int | None = None
+    p_epochs: int | None = None
+    c_epochs: int | None = None
+    final_p_epochs: int | None = None
     prior_weight: float = 0.0
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
@@ -49,6 +69,12 @@ class TrainConfig:
     baseline: str | None = None
 
     def __post_init__(self) -> None:
+        if self.preset not in SCHEDULES:
+            raise ValueError(f"unknown preset {self.preset!r}; presets are {sorted(SCHEDULES)}")
+        for phase in fields(Schedule):
+            if getattr(self, phase.name) is None:
+                default = getattr(SCHEDULES[self.preset], phase.name)
+                object.__setattr__(self, phase.name, default)  # frozen: set once, here
         checks = {
             "k must be at least 1": self.k >= 1,
             "gamma must be in [0, 1]": 0 <= self.gamma <= 1,
