@@ -26,11 +26,10 @@ TABLE_SCHEDULE = SCHEDULES["small"]
 
 
 def schedule_options(schedule: Schedule) -> list[str]:
-    return [
-        f"--{option}"
-        for name, value in asdict(schedule).items()
-        for option in (name.replace("_", "-"), str(value))
-    ]
+    options = []
+    for name, value in asdict(schedule).items():
+        options += ["--" + name.replace("_", "-"), str(value)]
+    return options
 
 
 def runs(schedule: Schedule) -> dict[str, list[str]]:
