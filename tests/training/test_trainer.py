@@ -8,6 +8,7 @@ import torch
 import training.trainer as trainer_module
 from models.bundle import load_bundle
 from models.conditional import ConditionalConfig
+from models.prediction import PRESETS
 from training.config import SCHEDULES, Schedule, TrainConfig
 from training.data.synthetic import CLASSES, generate_dataset
 from training.run import train
@@ -30,6 +31,7 @@ STEPS_PER_EPOCH = 2  # 3 training images in batches of 2
 
 
 def test_schedule_defaults_come_from_the_preset_and_explicit_settings_win():
+    assert set(SCHEDULES) == set(PRESETS)
     for preset, preset_schedule in SCHEDULES.items():
         config = TrainConfig(preset=preset)
         settings = {f.name: getattr(config, f.name) for f in dataclasses.fields(Schedule)}
