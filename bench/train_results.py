@@ -35,7 +35,7 @@ def schedule_options(schedule: Schedule) -> list[str]:
 def runs(schedule: Schedule) -> dict[str, list[str]]:
     """The table's rows: their `discoseg train` options after the schedule's."""
     # The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
-    p_epochs = str(schedule.rounds * schedule.p_epochs + schedule.final_p_epochs)
+    p_epochs = str(schedule.prediction_epochs)
     return {
         "fully supervised (masks, upper bound)": ["--supervision", "masks"],
         "ours, tags (K=10, γ=0.5)": ["--supervision", "tags"],

@@ -16,6 +16,11 @@ class Schedule:
     c_epochs: int
     final_p_epochs: int
 
+    @property
+    def prediction_epochs(self) -> int:
+        """The prediction network's epochs: every P-step's."""
+        return self.rounds * self.p_epochs + self.final_p_epochs
+
 
 # 7 Mask R-CNN epochs: the schedule of the results table (bench/results.md)
 _SEVEN_EPOCHS = Schedule(warm_start_epochs=12, rounds=2, p_epochs=2, c_epochs=1, final_p_epochs=3)
@@ -103,6 +108,10 @@ class TrainConfig:
         """The conditional network's boundary-prior weight (models.conditional): off given
         boxes, where it cost the box DISCO row 0.08 mAP_r at IoU 0.5 (bench/results.md)."""
         return 0.0 if self.supervision == "boxes" else 1.0
+
+    @property
+    def schedule(self) -> Schedule:
+        return Schedule(**{phase.name: getattr(self, phase.name) for phase in fields(Schedule)})
 
     def as_dict(self) -> dict:
         return asdict(self)

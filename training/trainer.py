@@ -39,8 +39,7 @@ class Phase:
 def schedule(config: TrainConfig) -> list[Phase]:
     if config.supervision == "masks" or config.baseline is not None:
         # The prediction network's epochs in DISCO: every row of a comparison trains it alike.
-        epochs = config.rounds * config.p_epochs + config.final_p_epochs
-        return [Phase("supervised", 0, epochs)]
+        return [Phase("supervised", 0, config.schedule.prediction_epochs)]
     phases = [Phase("warm_start", 0, config.warm_start_epochs)]
     for r in range(1, config.rounds + 1):
         phases += [Phase("p_step", r, config.p_epochs), Phase("c_step", r, config.c_epochs)]
