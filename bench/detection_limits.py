@@ -12,7 +12,7 @@ import json
 import tempfile
 from pathlib import Path
 
-from models.bundle import load_bundle
+from models.bundle import ModelBundle, load_bundle
 from training.evaluate import evaluate_coco_files
 from training.predict import CocoIndex, coco_results
 
@@ -20,12 +20,13 @@ LIMITS = [(0.05, 30), (0.01, 30), (0.05, 100), (0.01, 100), (0.001, 100)]
 
 
 def evaluate_with_limits(
-    model: Path, data: Path, images: Path, score_threshold: float, per_image: int
+    bundle: ModelBundle, index: CocoIndex, data: Path, images: Path, limits: tuple[float, int]
 ) -> dict:
-    bundle = load_bundle(model)
+    """The metrics of `bundle` on the images of `index` with `limits`: (score threshold,
+    detections per image) of its Mask R-CNN, which keeps them."""
+    score_threshold, per_image = limits
     bundle.prediction.roi_heads.score_thresh = score_threshold
     bundle.prediction.roi_heads.detections_per_img = per_image
-    index = CocoIndex.read(data)
     predictions = coco_results(
         bundle,
         [(image_id, images / name) for image_id, name in index.images],
@@ -47,8 +48,9 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--images", type=Path, required=True)
     args = parser.parse_args()
-    for score_threshold, per_image in LIMITS:
-        row = evaluate_with_limits(args.model, args.data, args.images, score_threshold, per_image)
+    bundle, index = load_bundle(args.model), CocoIndex.read(args.data)
+    for limits in LIMITS:
+        row = evaluate_with_limits(bundle, index, args.data, args.images, limits)
         print(json.dumps(row), flush=True)
 
 
