@@ -7,8 +7,9 @@ first P-step (DESIGN section 5), when there is no prediction network output yet.
   objectness prior of the proposal (models.descriptors) with a learned weight, plus an optional
   extra `prior_weight` times the prior (0 by default: more of it made the seeds worse). On
   top, OICR-style self-training: the top proposal of each tag under the detection stream is
-  the seed, proposals overlapping it (IoU >= 0.5) become positives of the tag, proposals
-  overlapping no seed become background.
+  a seed, and so is each proposal of the tag scoring at least `seed_ratio` times the top that
+  overlaps no other seed (a tag may have several instances); proposals overlapping a seed
+  (IoU >= 0.5) become positives of the tag, proposals overlapping no seed become background.
 - boxes: self-training seeded by GrabCut: in each box, the candidate closest to GrabCut's
   foreground and those nearly repeating it are positives of the box's class; the rest of the box
   and proposals that fit no box are background. (Filling the box is no criterion: the box's
@@ -51,21 +52,39 @@ def tag_self_training_labels(
     tags: TagAnnotation,
     prior: Tensor,
     prior_weight: float,
+    seed_ratio: float,
     positive_iou: float = 0.5,
 ) -> Tensor:
     """Int64Tensor[P]: a class per proposal, 0 for background, IGNORE for undecided.
 
-    scores: FloatTensor[P, C+1]; candidates: every proposal (tag_candidates).
+    scores: FloatTensor[P, C+1]; candidates: every proposal (tag_candidates); seed_ratio: see
+    instance_seeds.
     """
     labels = torch.full((scores.shape[0],), IGNORE, dtype=torch.int64)
     detection = detection_scores(scores, prior, prior_weight)[candidates.proposal_ids]
     covered = torch.zeros(len(candidates), dtype=torch.bool)
     for label in tags.labels:
-        seed = int(detection[:, label - 1].argmax())
-        labels[candidates.proposal_ids[candidates.iou[seed] >= positive_iou]] = label
-        covered |= candidates.intersection[seed] > 0
+        for seed in instance_seeds(detection[:, label - 1], candidates, seed_ratio):
+            labels[candidates.proposal_ids[candidates.iou[seed] >= positive_iou]] = label
+            covered |= candidates.intersection[seed] > 0
     labels[candidates.proposal_ids[~covered]] = 0
     return labels
+
+
+def instance_seeds(
+    detection: Tensor, candidates: Candidates, ratio: float, overlap_threshold: float = 0.2
+) -> list[int]:
+    """The seeds of one tag, candidate indices: its top candidate under the detection stream,
+    then, by score, each candidate scoring at least `ratio` times the top that overlaps no seed
+    beyond overlap_threshold (intersection over the smaller mask): more instances of the class
+    (ratio 1: the top one alone). detection: FloatTensor[Q]."""
+    order = detection.argsort(descending=True)
+    order = order[detection[order] >= ratio * detection[order[0]]].tolist()
+    seeds = order[:1]
+    for q in order[1:]:
+        if not (candidates.overlap[q, seeds] > overlap_threshold).any():
+            seeds.append(q)
+    return seeds
 
 
 @torch.no_grad()

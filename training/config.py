@@ -47,6 +47,10 @@ class TrainConfig:
         (tags); the scores carry the prior with a learned weight already. Measured top-1 IoU
         per ground-truth instance after the warm start (dev data): 0.47 at 0, 0.42 at 1, 0.38
         at 3, 0.35 at 10, 0.21 at 30.
+    seed_ratio: tags warm start: besides each tag's top proposal under the detection stream,
+        the proposals scoring at least this fraction of the top's that overlap no other seed
+        are seeds of the tag's self-training positives (models.warm_start.instance_seeds; 1:
+        the top one alone).
     baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
         the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
     image_size: images are downscaled so the longer side is at most this (never upscaled).
@@ -65,6 +69,7 @@ class TrainConfig:
     c_epochs: int | None = None
     final_p_epochs: int | None = None
     prior_weight: float = 0.0
+    seed_ratio: float = 1.0
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
     batch_size: int = 2
@@ -92,6 +97,7 @@ class TrainConfig:
             )
             >= 0,
             "learning rates must be positive": min(self.lr_conditional, self.lr_prediction) > 0,
+            "seed_ratio must be in (0, 1]": 0 < self.seed_ratio <= 1,
             "batch_size must be at least 1": self.batch_size >= 1,
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,

@@ -30,7 +30,7 @@ def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 
 
 def annotation_loss(
-    scores: Tensor, item: TrainingItem, candidates: Candidates, prior: Tensor, prior_weight: float
+    scores: Tensor, item: TrainingItem, candidates: Candidates, prior: Tensor, config: TrainConfig
 ) -> dict[str, Tensor]:
     """The warm start's terms (models.warm_start) for one item, averaged over its samples.
 
@@ -40,8 +40,10 @@ def annotation_loss(
     terms = []
     if isinstance(item.annotation, TagAnnotation):
         for s in scores:
-            labels = tag_self_training_labels(s, candidates, item.annotation, prior, prior_weight)
-            mil = multiple_instance_loss(s, item.annotation, prior, prior_weight)
+            labels = tag_self_training_labels(
+                s, candidates, item.annotation, prior, config.prior_weight, config.seed_ratio
+            )
+            mil = multiple_instance_loss(s, item.annotation, prior, config.prior_weight)
             terms.append({"loss_mil": mil, "loss_self_training": self_training_loss(s, labels)})
         return mean_terms(terms)
     labels = item.box_labels
@@ -55,14 +57,14 @@ def warm_start_loss(
     batch: list[TrainingItem],
     conditional: ConditionalNet,
     device: torch.device,
-    prior_weight: float,
+    config: TrainConfig,
 ) -> dict[str, Tensor]:
     """The conditional network from the annotation alone (models.warm_start)."""
     terms = []
     for item in batch:
         scores = conditional(item.tensor.to(device), item.context.to(device), 1).cpu()
         prior = conditional.objectness_prior(item.context)
-        terms.append(annotation_loss(scores, item, item.candidates(), prior, prior_weight))
+        terms.append(annotation_loss(scores, item, item.candidates(), prior, config))
     return mean_terms(terms)
 
 
@@ -173,7 +175,7 @@ def c_step_loss(
         scores = conditional(image, item.context.to(device), config.k).cpu()
         candidates = item.candidates()
         prior = conditional.objectness_prior(item.context)
-        anchor = annotation_loss(scores, item, candidates, prior, config.prior_weight)
+        anchor = annotation_loss(scores, item, candidates, prior, config)
         if len(y_p) == 0:
             zero = scores.sum() * 0
             terms.append({"loss_agreement": zero, "loss_diversity": zero, **anchor})

@@ -140,6 +140,16 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.prior_weight,
+    seed_ratio: Annotated[
+        float,
+        typer.Option(
+            "--seed-ratio",
+            help="Tags warm start: besides each tag's top proposal, the proposals scoring at "
+            "least this fraction of its detection score that overlap no other seed are seeds "
+            "of further instances of the tag (1: the top one alone). In (0, 1].",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.seed_ratio,
     lr_conditional: Annotated[
         float,
         typer.Option(
@@ -285,6 +295,7 @@ def train_command(
             c_epochs=c_epochs,
             final_p_epochs=final_p_epochs,
             prior_weight=prior_weight,
+            seed_ratio=seed_ratio,
             baseline=baseline,
             lr_conditional=lr_conditional,
             lr_prediction=lr_prediction,

@@ -84,7 +84,7 @@ class Trainer:
         b, c, d = self.bundle, self.config, self.device
         if phase.name == "warm_start":
             return (
-                lambda batch: warm_start_loss(batch, b.conditional, d, c.prior_weight)
+                lambda batch: warm_start_loss(batch, b.conditional, d, c)
             ), "conditional"
         if phase.name == "c_step":
             return (

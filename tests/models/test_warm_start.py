@@ -1,12 +1,19 @@
-"""The warm start's box labels and ranking loss on a hand-made image: a thin cross in a box,
-the box's rectangle, the box's background corners and a proposal far from the box."""
+"""The warm start's labels and losses on hand-made images: for boxes a thin cross in a box,
+the box's rectangle, the box's background corners and a proposal far from the box; for tags
+two objects of one class, a larger copy of the first and a faint third square."""
 
 import torch
 
-from models.annotations import BoxAnnotation
-from models.candidates import box_candidates
+from models.annotations import BoxAnnotation, TagAnnotation
+from models.candidates import box_candidates, tag_candidates
 from models.structures import mask_boxes
-from models.warm_start import IGNORE, box_ranking_loss, box_seed_labels
+from models.warm_start import (
+    IGNORE,
+    box_ranking_loss,
+    box_seed_labels,
+    instance_seeds,
+    tag_self_training_labels,
+)
 
 SIZE = (32, 32)
 
@@ -78,3 +85,30 @@ def test_box_ranking_loss_without_positives_is_zero_and_attached() -> None:
     scores = torch.randn(len(proposals), 7, requires_grad=True)
     loss = box_ranking_loss(scores, candidates, labels, boxes)
     assert loss.item() == 0 and loss.requires_grad
+
+
+def _two_objects() -> tuple[object, torch.Tensor]:
+    """Candidates: square A, A with a margin (overlaps A), square B, square C (all else apart),
+    and their detection scores for one class: A 0.5, larger A 0.3, B 0.2, C 0.05."""
+    boxes = [(2, 2, 8, 8), (1, 1, 10, 10), (14, 14, 20, 20), (24, 2, 30, 8)]
+    masks = torch.zeros((4, *SIZE), dtype=torch.bool)
+    for mask, (x0, y0, x1, y1) in zip(masks, boxes, strict=True):
+        mask[y0:y1, x0:x1] = True
+    return tag_candidates(masks), torch.tensor([0.5, 0.3, 0.2, 0.05])
+
+
+def test_instance_seeds_takes_strong_disjoint_candidates() -> None:
+    candidates, detection = _two_objects()
+    assert instance_seeds(detection, candidates, ratio=1.0) == [0]
+    assert instance_seeds(detection, candidates, ratio=0.3) == [0, 2], "the larger A overlaps A"
+    assert instance_seeds(detection, candidates, ratio=0.05) == [0, 2, 3]
+
+
+def test_tag_self_training_labels_second_seed_is_positive_not_background() -> None:
+    candidates, detection = _two_objects()
+    scores = torch.stack([torch.full((4,), -20.0), detection.log()], dim=1)  # (P, bg + 1 class)
+    tags, prior = TagAnnotation((1,)), torch.zeros(4)
+    one = tag_self_training_labels(scores, candidates, tags, prior, 0.0, seed_ratio=1.0)
+    two = tag_self_training_labels(scores, candidates, tags, prior, 0.0, seed_ratio=0.3)
+    assert one.tolist() == [1, IGNORE, 0, 0], "B overlaps no seed: background"
+    assert two.tolist() == [1, IGNORE, 1, 0]

@@ -215,6 +215,8 @@ ERRORS = {
     "bad instance limit": (["train", "--data", "{train}", "--images", "{root}",
                             "--out", "{tmp}/m.pt", "--max-instances-per-tag", "-1"],
                            "--max-instances-per-tag"),
+    "bad seed ratio": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
+                        "--seed-ratio", "0"], "seed_ratio must be in (0, 1]"),
     "bad supervision": (["train", "--data", "{train}", "--images", "{root}",
                          "--out", "{tmp}/m.pt", "--supervision", "points"], "--supervision"),
     "bad preset": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",

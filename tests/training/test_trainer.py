@@ -154,7 +154,7 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
 
 
 def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
-    def nan_loss(batch, conditional, device, prior_weight):
+    def nan_loss(batch, conditional, device, config):
         return {"loss_mil": torch.tensor(float("nan"), requires_grad=True)}
 
     monkeypatch.setattr(trainer_module, "warm_start_loss", nan_loss)
