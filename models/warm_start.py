@@ -23,6 +23,7 @@ from torchvision.ops import box_iou
 
 from models.annotations import BoxAnnotation, TagAnnotation
 from models.candidates import Candidates
+from models.inference import InferenceConfig
 
 IGNORE = -1
 
@@ -72,12 +73,16 @@ def tag_self_training_labels(
 
 
 def instance_seeds(
-    detection: Tensor, candidates: Candidates, ratio: float, overlap_threshold: float = 0.2
+    detection: Tensor,
+    candidates: Candidates,
+    ratio: float,
+    overlap_threshold: float = InferenceConfig.overlap_threshold,
 ) -> list[int]:
     """The seeds of one tag, candidate indices: its top candidate under the detection stream,
     then, by score, each candidate scoring at least `ratio` times the top that overlaps no seed
-    beyond overlap_threshold (intersection over the smaller mask): more instances of the class
-    (ratio 1: the top one alone). detection: FloatTensor[Q]."""
+    beyond overlap_threshold (intersection over the smaller mask, τ_overlap of the instances of
+    one output): more instances of the class (ratio 1: the top one alone).
+    detection: FloatTensor[Q]."""
     order = detection.argsort(descending=True)
     order = order[detection[order] >= ratio * detection[order[0]]].tolist()
     seeds = order[:1]
