@@ -19,7 +19,7 @@ best-matching reference instance (3 when none overlaps it). This is the per-inst
 decomposition of Δ, again an approximation of the exact loss-augmented argmax.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -94,6 +94,27 @@ def consistent_argmax(
             margins, candidates, annotation, config.overlap_threshold, config.max_instances_per_tag
         )
     return box_argmax(margins, candidates, annotation)
+
+
+@torch.no_grad()
+def unclaimed_instances(
+    scores: Tensor,
+    candidates: Candidates,
+    annotation: Annotation,
+    config: InferenceConfig,
+    selection: Selection,
+) -> Selection:
+    """The candidates that the consistent argmax without `max_instances_per_tag` selects and
+    `selection` (an output under the limit) does not: likely further instances of a tagged
+    class that the output leaves unlabelled. Empty given boxes, where every box has its
+    instance, and without a limit. scores: FloatTensor[P, C+1]."""
+    if not isinstance(annotation, TagAnnotation) or config.max_instances_per_tag is None:
+        return _selection([], [])
+    unlimited = consistent_argmax(
+        scores, candidates, annotation, replace(config, max_instances_per_tag=None)
+    )
+    left_out = ~torch.isin(unlimited.candidate_ids, selection.candidate_ids)
+    return Selection(unlimited.candidate_ids[left_out], unlimited.labels[left_out])
 
 
 def tag_argmax(

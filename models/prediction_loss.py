@@ -8,6 +8,10 @@ the loss functions; the RoI heads run once, on the union of the RoIs the K targe
 (they overlap: all are drawn from the same proposals). Samples that agree on every image (given
 boxes they nearly always do) sample the same RoIs from the same random state and so have the
 same loss: each distinct target is evaluated once and weighted by how many samples it stands for.
+
+A target may name regions that are neither object nor background (`ignore_boxes`: instances the
+annotation allows but the sample left out): anchors and RoIs that would be negatives but overlap
+one as much as a positive may are discarded, the -1 label of torchvision's matchers.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from torchvision.models.detection import MaskRCNN
 from torchvision.models.detection.roi_heads import RoIHeads, fastrcnn_loss, maskrcnn_loss
 from torchvision.models.detection.rpn import concat_box_prediction_layers
 from torchvision.models.detection.transform import resize_boxes
+from torchvision.ops import box_iou
 
 Target = dict[str, Tensor]
 
@@ -43,8 +48,9 @@ def pseudo_target_loss(
         images: B images, `FloatTensor[3, H_b, W_b]` in [0, 1].
         targets: `targets[b][k]` is sample k's pseudo ground truth for image b, with boxes
             `FloatTensor[N, 4]` (x0, y0, x1, y1 pixels of the image as given), labels
-            `Int64Tensor[N]` in 1..C and masks `UInt8Tensor[N, H_b, W_b]`; N may be 0. Every
-            image has the same K >= 1.
+            `Int64Tensor[N]` in 1..C and masks `UInt8Tensor[N, H_b, W_b]`; N may be 0.
+            Optionally `ignore_boxes` `FloatTensor[M, 4]`: no anchor or RoI overlapping one of
+            them as much as a positive may is a negative. Every image has the same K >= 1.
         gamma: the γ of the dissimilarity coefficient; the self-diversity weight is 1 - γ.
 
     Returns:
@@ -91,6 +97,10 @@ def pseudo_target_loss(
     for targets_k in targets_per_k:
         with _common_random_numbers(seed, image_list.tensors.device):
             labels, matched_boxes = rpn.assign_targets_to_anchors(anchors, targets_k)
+            labels = [
+                _discard_negatives_near(lab, a, t, rpn.proposal_matcher.low_threshold)
+                for lab, a, t in zip(labels, anchors, targets_k, strict=True)
+            ]
             regression_targets = rpn.box_coder.encode(matched_boxes, anchors)
             rpn_losses.append(rpn.compute_loss(objectness, deltas, labels, regression_targets))
             samples.append(_sample_rois(roi_heads, proposals, targets_k, gt_offsets))
@@ -185,6 +195,18 @@ def self_diversity(class_logits: Tensor, mask_logits: Tensor, mask_labels: Tenso
     return class_div + (2.0 * p * (1.0 - p)).mean()
 
 
+def _discard_negatives_near(
+    labels: Tensor, boxes: Tensor, target: Target, threshold: float
+) -> Tensor:
+    """`labels` (N,) of `boxes` (N, 4) with the negatives (0) whose IoU with one of the target's
+    `ignore_boxes` reaches `threshold` set to -1, which the positive/negative samplers skip."""
+    ignore_boxes = target.get("ignore_boxes")
+    if ignore_boxes is None or len(ignore_boxes) == 0:
+        return labels
+    near = box_iou(boxes, ignore_boxes.to(boxes)).max(dim=1).values >= threshold
+    return torch.where((labels == 0) & near, torch.full_like(labels, -1), labels)
+
+
 def _check_targets(images: list[Tensor], targets: list[list[Target]]) -> int:
     """The common K of `targets`, after checking the contract of `pseudo_target_loss`."""
     if len(images) == 0 or len(targets) != len(images):
@@ -208,6 +230,12 @@ def _check_targets(images: list[Tensor], targets: list[list[Target]]) -> int:
                 )
             if (boxes[:, 2:] <= boxes[:, :2]).any():
                 raise ValueError(f"degenerate boxes (x1 <= x0 or y1 <= y0) in {boxes}")
+            ignore_boxes = t.get("ignore_boxes", boxes.new_zeros((0, 4)))
+            if not ignore_boxes.is_floating_point() or ignore_boxes.shape[1:] != (4,):
+                raise ValueError(
+                    f"ignore_boxes must be float (M, 4), got {ignore_boxes.dtype} "
+                    f"{tuple(ignore_boxes.shape)}"
+                )
     return counts.pop()
 
 
@@ -228,7 +256,7 @@ def _distinct_samples(targets: list[list[Target]]) -> tuple[list[int], list[int]
 
 
 def _same_target(a: Target, b: Target) -> bool:
-    return all(torch.equal(a[key], b[key]) for key in ("labels", "boxes", "masks"))
+    return a.keys() == b.keys() and all(torch.equal(a[key], b[key]) for key in a)
 
 
 def _resize_targets(
@@ -239,10 +267,15 @@ def _resize_targets(
     if tuple(original_size) != tuple(new_size):  # else nearest resampling is the identity
         resampled = F.interpolate(torch.cat(masks)[:, None].float(), size=new_size)[:, 0]
         masks = list(resampled.byte().split([len(m) for m in masks]))
-    return [
-        {**t, "boxes": resize_boxes(t["boxes"], list(original_size), list(new_size)), "masks": m}
-        for t, m in zip(targets, masks, strict=True)
-    ]
+    resized = []
+    for t, m in zip(targets, masks, strict=True):
+        boxes = {
+            key: resize_boxes(t[key], list(original_size), list(new_size))
+            for key in ("boxes", "ignore_boxes")
+            if key in t
+        }
+        resized.append({**t, **boxes, "masks": m})
+    return resized
 
 
 @dataclasses.dataclass
@@ -265,6 +298,10 @@ def _sample_rois(
     matched_idxs, labels = roi_heads.assign_targets_to_proposals(
         candidates, gt_boxes, [t["labels"] for t in targets]
     )
+    labels = [
+        _discard_negatives_near(lab, c, t, roi_heads.proposal_matcher.low_threshold)
+        for lab, c, t in zip(labels, candidates, targets, strict=True)
+    ]
     sampled = roi_heads.subsample(labels)
     rows, matched_boxes = [], []
     for b, inds in enumerate(sampled):

@@ -34,6 +34,9 @@ SCHEDULES: dict[str, Schedule] = {
 }
 
 
+UNCLAIMED_CHOICES = ("ignore", "background")
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """The DISCO schedule (DESIGN section 5) and its optimisation settings.
@@ -51,6 +54,9 @@ class TrainConfig:
         the proposals scoring at least this fraction of the top's that overlap no other seed
         are seeds of the tag's self-training positives (models.warm_start.instance_seeds; 1:
         the top one alone).
+    unclaimed: P-step given tags, what Mask R-CNN is taught on the instances that a pseudo
+        label leaves out for its per-tag limit (models.inference.unclaimed_instances): "ignore"
+        (anchors and RoIs on them are neither positive nor negative) or "background".
     baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
         the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
     image_size: images are downscaled so the longer side is at most this (never upscaled).
@@ -70,6 +76,7 @@ class TrainConfig:
     final_p_epochs: int | None = None
     prior_weight: float = 0.0
     seed_ratio: float = 1.0
+    unclaimed: str = "ignore"
     lr_conditional: float = 1e-3
     lr_prediction: float = 3e-4
     batch_size: int = 2
@@ -98,6 +105,7 @@ class TrainConfig:
             >= 0,
             "learning rates must be positive": min(self.lr_conditional, self.lr_prediction) > 0,
             "seed_ratio must be in (0, 1]": 0 < self.seed_ratio <= 1,
+            "unclaimed must be ignore or background": self.unclaimed in UNCLAIMED_CHOICES,
             "batch_size must be at least 1": self.batch_size >= 1,
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,

@@ -12,7 +12,7 @@ from models.annotations import TagAnnotation
 from models.candidates import Candidates
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
-from models.inference import consistent_argmax, to_instances
+from models.inference import consistent_argmax, to_instances, unclaimed_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
 from models.warm_start import (
@@ -78,17 +78,28 @@ def instance_target(instances: InstanceSet) -> dict[str, Tensor]:
 
 
 @torch.no_grad()
-def pseudo_labels(
-    item: TrainingItem, conditional: ConditionalNet, k: int, device: torch.device
-) -> list[InstanceSet]:
-    """K samples of the conditional network for one item, consistent with its annotation."""
+def pseudo_targets(
+    item: TrainingItem,
+    conditional: ConditionalNet,
+    k: int,
+    ignore_unclaimed: bool,
+    device: torch.device,
+) -> list[dict[str, Tensor]]:
+    """K samples of the conditional network for one item, consistent with its annotation, as
+    detection targets (CPU). With `ignore_unclaimed` each also has `ignore_boxes`, the boxes of
+    the instances it leaves out for the per-tag limit (models.inference.unclaimed_instances)."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
     candidates = item.candidates()
     inference = conditional.config.inference
-    return [
-        to_instances(consistent_argmax(s, candidates, item.annotation, inference), candidates, s)
-        for s in scores
-    ]
+    targets = []
+    for s in scores:
+        selection = consistent_argmax(s, candidates, item.annotation, inference)
+        target = instance_target(to_instances(selection, candidates, s))
+        if ignore_unclaimed:
+            unclaimed = unclaimed_instances(s, candidates, item.annotation, inference, selection)
+            target["ignore_boxes"] = mask_boxes(candidates.masks[unclaimed.candidate_ids])
+        targets.append(target)
+    return targets
 
 
 def p_step_loss(
@@ -99,10 +110,11 @@ def p_step_loss(
     device: torch.device,
 ) -> dict[str, Tensor]:
     """Mask R-CNN on K pseudo labels per image, with the self-diversity term."""
+    ignore_unclaimed = config.unclaimed == "ignore"
     targets = [
         [
-            _to_device(instance_target(y), device)
-            for y in pseudo_labels(item, conditional, config.k, device)
+            _to_device(t, device)
+            for t in pseudo_targets(item, conditional, config.k, ignore_unclaimed, device)
         ]
         for item in batch
     ]

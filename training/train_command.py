@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from training.config import SCHEDULES, TrainConfig
+from training.config import SCHEDULES, UNCLAIMED_CHOICES, TrainConfig
 from training.data.dataset import SUPERVISION_MODES
 from training.errors import check_choice, fail, user_errors
 
@@ -150,6 +150,17 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.seed_ratio,
+    unclaimed: Annotated[
+        str,
+        typer.Option(
+            "--unclaimed",
+            metavar="|".join(UNCLAIMED_CHOICES),
+            help="P-step given tags: what Mask R-CNN learns on the likely instances that a "
+            "pseudo label leaves out for --max-instances-per-tag (positive margin, no overlap "
+            "with its instances): ignore (neither object nor background) or background.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.unclaimed,
     lr_conditional: Annotated[
         float,
         typer.Option(
@@ -279,6 +290,7 @@ def train_command(
     from training.trainer import log_path, state_path
 
     check_choice("--preset", preset, list(PRESETS))
+    check_choice("--unclaimed", unclaimed, list(UNCLAIMED_CHOICES))
     if max_instances_per_tag < 0:
         fail(f"--max-instances-per-tag must be 0 or more, got {max_instances_per_tag}")
     if out.is_dir():
@@ -296,6 +308,7 @@ def train_command(
             final_p_epochs=final_p_epochs,
             prior_weight=prior_weight,
             seed_ratio=seed_ratio,
+            unclaimed=unclaimed,
             baseline=baseline,
             lr_conditional=lr_conditional,
             lr_prediction=lr_prediction,

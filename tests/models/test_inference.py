@@ -23,6 +23,7 @@ from models.inference import (
     delta_augmentation,
     selection_score,
     to_instances,
+    unclaimed_instances,
 )
 from models.structures import InstanceSet
 from tests.models.strategies import (
@@ -155,6 +156,31 @@ def test_tag_argmax_keeps_at_most_the_limit_per_tagged_class():
         config = InferenceConfig(max_instances_per_tag=limit)
         selection = consistent_argmax(scores, candidates, tags, config)
         assert sorted(candidates.proposal_ids[selection.candidate_ids].tolist()) == expected
+
+
+def test_unclaimed_instances_are_what_the_limit_left_out():
+    proposals = torch.zeros((4, 12, 12), dtype=torch.bool)
+    proposals[0, :4, :4] = True
+    proposals[1, 6:, 6:] = True
+    proposals[2, :4, 6:] = True
+    proposals[3, :5, :5] = True  # overlaps proposal 0
+    # Class 1 is best on 0, then 3 (overlapping 0) and 1; proposal 2 has a negative margin.
+    scores = torch.tensor([[0.0, 3.0], [0.0, 1.0], [0.0, -1.0], [0.0, 2.0]])
+    candidates = tag_candidates(proposals)
+    tags = TagAnnotation((1,))
+
+    def unclaimed(config):
+        selection = consistent_argmax(scores, candidates, tags, config)
+        left_out = unclaimed_instances(scores, candidates, tags, config, selection)
+        assert not set(left_out.candidate_ids.tolist()) & set(selection.candidate_ids.tolist())
+        return candidates.proposal_ids[left_out.candidate_ids].tolist(), left_out.labels.tolist()
+
+    assert unclaimed(InferenceConfig(max_instances_per_tag=1)) == ([1], [1])
+    assert unclaimed(InferenceConfig(max_instances_per_tag=2)) == ([], [])
+    assert unclaimed(InferenceConfig(max_instances_per_tag=None)) == ([], [])
+    boxes = BoxAnnotation(torch.tensor([[0.0, 0.0, 4.0, 4.0]]), torch.tensor([1]))
+    box_output = Selection(torch.tensor([0]), torch.tensor([1]))
+    assert len(unclaimed_instances(scores, candidates, boxes, InferenceConfig(), box_output)) == 0
 
 
 def test_empty_tags_give_an_empty_output():

@@ -9,7 +9,12 @@ from torch.testing import assert_close
 from torchvision.models.detection import MaskRCNN
 
 from models.prediction import PRESETS, build_prediction_net
-from models.prediction_loss import pseudo_target_loss, self_diversity
+from models.prediction_loss import (
+    _discard_negatives_near,
+    _sample_rois,
+    pseudo_target_loss,
+    self_diversity,
+)
 
 NUM_CLASSES = 3
 MASK_RCNN_TERMS = (
@@ -271,6 +276,63 @@ def test_self_diversity_is_the_disagreement_of_two_draws() -> None:
     logits = torch.zeros(5, 4, requires_grad=True)
     no_masks = self_diversity(logits, torch.zeros(0, 4, 3, 3), torch.zeros(0, dtype=torch.int64))
     assert math.isclose(no_masks.item(), 0.75, rel_tol=1e-6) and no_masks.grad_fn is not None
+
+
+def with_ignore_boxes(targets: list[dict], boxes_per_image: list[list[tuple]]) -> list[dict]:
+    return [
+        {**t, "ignore_boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4)}
+        for t, b in zip(targets, boxes_per_image, strict=True)
+    ]
+
+
+def test_negatives_near_an_ignore_box_are_discarded() -> None:
+    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.0]])
+    labels = torch.tensor([0, 0, 0, 2])
+    target = {"ignore_boxes": torch.tensor([[0, 0, 10, 10.0]])}
+    # IoU 1 and 81/119 with the ignore box: discarded; far away: a negative still; a positive
+    # stays one however much it overlaps
+    assert _discard_negatives_near(labels, boxes, target, 0.5).tolist() == [-1, -1, 0, 2]
+    assert _discard_negatives_near(labels, boxes, target, 0.7).tolist() == [-1, 0, 0, 2]
+    assert _discard_negatives_near(labels, boxes, {}, 0.5).tolist() == [0, 0, 0, 2]
+    float_labels = labels.float()  # the RPN's labels are float
+    assert _discard_negatives_near(float_labels, boxes, target, 0.5).tolist() == [-1, -1, 0, 2]
+
+
+def test_ignore_boxes_on_the_instances_themselves_change_nothing(images: list[Tensor]) -> None:
+    # Whatever overlaps an instance as much as a positive may is a positive or discarded
+    # already: the matchers' negative thresholds are the discarding ones.
+    model = tiny_model(exhaustive_sampling=True)
+    plain = pseudo_target_loss(model, images, per_image(TARGET_A))
+    own_boxes = [t["boxes"].tolist() for t in TARGET_A]
+    ignoring = pseudo_target_loss(model, images, per_image(with_ignore_boxes(TARGET_A, own_boxes)))
+    for name in MASK_RCNN_TERMS:
+        assert_close(ignoring[name], plain[name], msg=name)
+
+
+def test_ignore_boxes_elsewhere_take_negatives_out_of_the_losses(images: list[Tensor]) -> None:
+    model = tiny_model(exhaustive_sampling=True)
+    plain = pseudo_target_loss(model, images, per_image(TARGET_A))
+    elsewhere = [[(70, 5, 125, 35)], [(10, 105, 90, 125)]]  # away from TARGET_A's instances
+    ignoring = pseudo_target_loss(model, images, per_image(with_ignore_boxes(TARGET_A, elsewhere)))
+    assert ignoring["loss_objectness"] != plain["loss_objectness"]
+    # the untrained RPN proposes nothing on those regions: RoI sampling is tested below
+    for name in ("loss_classifier", "loss_box_reg", "loss_mask"):
+        assert_close(ignoring[name], plain[name], msg=name)
+
+
+def test_rois_on_an_ignore_box_are_not_sampled() -> None:
+    roi_heads = tiny_model(exhaustive_sampling=True).roi_heads
+    ignored, far, on_instance = [70, 5, 125, 35], [0, 60, 30, 90], [10, 8, 60, 50]
+    proposals = [torch.tensor([ignored, far, on_instance], dtype=torch.float32)]
+    target = make_target(96, 128, [(10, 8, 60, 50, 1)])
+    for ignore_boxes, expected in (([], [0, 0, 1]), ([ignored], [0, 1])):
+        (targets,) = per_image(with_ignore_boxes([target], [ignore_boxes]))
+        sample = _sample_rois(roi_heads, proposals, targets, [0])
+        # rows 0-2 are the proposals, row 3 the instance's box added as a proposal
+        sampled = dict(zip(sample.rows[0].tolist(), sample.labels[0].tolist(), strict=True))
+        proposal_labels = [sampled[row] for row in range(3) if row in sampled]
+        assert sorted(proposal_labels) == expected
+        assert (0 in sampled) == (ignore_boxes == [])
 
 
 def test_targets_must_have_the_same_k_per_image(images: list[Tensor]) -> None:

@@ -217,6 +217,8 @@ ERRORS = {
                            "--max-instances-per-tag"),
     "bad seed ratio": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
                         "--seed-ratio", "0"], "seed_ratio must be in (0, 1]"),
+    "bad unclaimed": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
+                       "--unclaimed", "positive"], "--unclaimed must be one of ignore, background"),
     "bad supervision": (["train", "--data", "{train}", "--images", "{root}",
                          "--out", "{tmp}/m.pt", "--supervision", "points"], "--supervision"),
     "bad preset": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",

@@ -1,6 +1,7 @@
 """Training items, and the C-step on them: Algorithm 1 needs a sample of the prediction
 network's output; without one an image keeps only the annotation loss."""
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -9,13 +10,15 @@ import torch
 
 from models.bundle import build_bundle
 from models.conditional import ConditionalConfig
+from models.inference import consistent_argmax, unclaimed_instances
 from models.proposals import ProposalSettings
+from models.structures import mask_boxes
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
 from training.proposal_cache import ProposalCache
 from training.run import prepare_items
-from training.steps import c_step_loss, sample_prediction
+from training.steps import c_step_loss, pseudo_targets, sample_prediction
 
 CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 CONFIG = TrainConfig(k=3, image_size=48, max_proposals=30, device="cpu")
@@ -69,6 +72,34 @@ def test_without_prediction_output_only_the_annotation_loss_remains(setting):
     gradients = [p.grad for p in bundle.conditional.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in gradients)
     bundle.conditional.zero_grad(set_to_none=True)
+
+
+def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):
+    items, bundle, dataset, _ = setting
+    conditional = copy.deepcopy(bundle.conditional)
+    with torch.no_grad():  # every candidate's margin positive: tags leave instances out
+        conditional.head[-1].bias[1:] += 10
+    cpu = torch.device("cpu")
+    left_out_boxes = 0
+    for item in items:
+        torch.manual_seed(0)
+        plain = pseudo_targets(item, conditional, 2, False, cpu)
+        torch.manual_seed(0)
+        ignoring = pseudo_targets(item, conditional, 2, True, cpu)
+        assert len(plain) == len(ignoring) == 2
+        assert all("ignore_boxes" not in t for t in plain)
+        torch.manual_seed(0)
+        scores = conditional(item.tensor, item.context, 2)
+        candidates, inference = item.candidates(), conditional.config.inference
+        for target, ignoring_target, s in zip(plain, ignoring, scores, strict=True):
+            for key in ("boxes", "labels", "masks"):
+                assert torch.equal(target[key], ignoring_target[key])
+            selection = consistent_argmax(s, candidates, item.annotation, inference)
+            left_out = unclaimed_instances(s, candidates, item.annotation, inference, selection)
+            expected = mask_boxes(candidates.masks[left_out.candidate_ids])
+            assert torch.equal(ignoring_target["ignore_boxes"], expected)
+            left_out_boxes += len(expected)
+    assert (left_out_boxes > 0) == (dataset.supervision == "tags")
 
 
 def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score():
