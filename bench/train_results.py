@@ -58,6 +58,12 @@ def runs(schedule: Schedule) -> dict[str, list[str]]:
         "ours, tags, γ=0": ["--supervision", "tags", "--gamma", "0"],
         "ours, tags, γ=1": ["--supervision", "tags", "--gamma", "1"],
         "ours, tags, no C-step": ["--supervision", "tags", "--c-epochs", "0"],
+        "ours, tags, unclaimed instances as background": [
+            "--supervision",
+            "tags",
+            "--unclaimed",
+            "background",
+        ],
         "ours, tags, every instance of positive margin": [
             "--supervision",
             "tags",
