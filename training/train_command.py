@@ -173,8 +173,7 @@ def train_command(
         float,
         typer.Option(
             "--lr-prediction",
-            help="AdamW learning rate of the prediction network (Mask R-CNN); over its last "
-            "--final-p-epochs epochs it falls to zero along a cosine.",
+            help="AdamW learning rate of the prediction network (Mask R-CNN).",
             rich_help_panel=_OPTIMISATION,
         ),
     ] = DEFAULTS.lr_prediction,

@@ -46,26 +46,6 @@ def schedule(config: TrainConfig) -> list[Phase]:
     return [*phases, Phase("p_step", config.rounds + 1, config.final_p_epochs)]
 
 
-def annealed_steps(phase: Phase, config: TrainConfig, steps_per_epoch: int) -> int:
-    """Steps at the end of a phase over which the learning rate anneals to zero: the prediction
-    network's last `final_p_epochs` epochs, in DISCO's last P-step or the supervised phase alike,
-    so that every row of a comparison ends its Mask R-CNN training the same way."""
-    last_prediction_phase = phase.name == "supervised" or (
-        phase.name == "p_step" and phase.round == config.rounds + 1
-    )
-    if not last_prediction_phase:
-        return 0
-    return min(phase.epochs, config.final_p_epochs) * steps_per_epoch
-
-
-def learning_rate_scale(step: int, steps: int, annealed: int) -> float:
-    """1 until the last `annealed` of a phase's `steps`, then a cosine from 1 towards 0."""
-    start = steps - annealed
-    if step < start:
-        return 1.0
-    return 0.5 * (1 + math.cos(math.pi * (step - start) / annealed))
-
-
 def state_path(out: Path) -> Path:
     return out.with_name(out.name + ".state")
 
@@ -103,7 +83,9 @@ class Trainer:
         """The step loss of a phase and the optimiser it trains."""
         b, c, d = self.bundle, self.config, self.device
         if phase.name == "warm_start":
-            return (lambda batch: warm_start_loss(batch, b.conditional, d, c)), "conditional"
+            return (
+                lambda batch: warm_start_loss(batch, b.conditional, d, c)
+            ), "conditional"
         if phase.name == "c_step":
             return (
                 lambda batch: c_step_loss(batch, b.prediction, b.conditional, c, d)
@@ -137,10 +119,7 @@ class Trainer:
     def run_phase(self, phase: Phase) -> None:
         self.set_modes(phase)
         loss_fn, trained = self.loss_fn(phase)
-        steps_per_epoch = math.ceil(len(self.items) / self.config.batch_size)
-        steps = phase.epochs * steps_per_epoch
-        annealed = annealed_steps(phase, self.config, steps_per_epoch)
-        step = 0
+        steps = phase.epochs * math.ceil(len(self.items) / self.config.batch_size)
         bar = tqdm(
             total=steps,
             desc=f"{phase.name} r{phase.round}",
@@ -152,18 +131,10 @@ class Trainer:
             for epoch in range(phase.epochs):
                 for batch in self.batches():
                     start = time.perf_counter()
-                    self.set_learning_rate(trained, learning_rate_scale(step, steps, annealed))
                     terms = self.run_step(batch, loss_fn, trained)
-                    step += 1
-                    seconds = time.perf_counter() - start
-                    self.after_step(phase, epoch, terms, seconds, len(batch), trained)
+                    self.after_step(phase, epoch, terms, time.perf_counter() - start, len(batch))
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()})
                     bar.update()
-
-    def set_learning_rate(self, trained: str, scale: float) -> None:
-        base = self.config.lr_conditional if trained == "conditional" else self.config.lr_prediction
-        for group in self.optimizers[trained].param_groups:
-            group["lr"] = base * scale
 
     def run_step(self, batch: list[TrainingItem], loss_fn, trained: str) -> dict[str, float]:
         terms = loss_fn(batch)
@@ -180,13 +151,7 @@ class Trainer:
         return {k: float(v.detach()) for k, v in terms.items()}
 
     def after_step(
-        self,
-        phase: Phase,
-        epoch: int,
-        terms: dict[str, float],
-        seconds: float,
-        images: int,
-        trained: str,
+        self, phase: Phase, epoch: int, terms: dict[str, float], seconds: float, images: int
     ) -> None:
         self._log(
             event="step",
@@ -195,7 +160,6 @@ class Trainer:
             epoch=epoch,
             seconds=round(seconds, 4),
             images=images,
-            lr=self.optimizers[trained].param_groups[0]["lr"],
             terms=terms,
         )
 

@@ -12,15 +12,7 @@ from models.prediction import PRESETS
 from training.config import SCHEDULES, TrainConfig
 from training.data.synthetic import CLASSES, generate_dataset
 from training.run import train
-from training.trainer import (
-    Phase,
-    Trainer,
-    annealed_steps,
-    learning_rate_scale,
-    log_path,
-    schedule,
-    state_path,
-)
+from training.trainer import Trainer, log_path, schedule, state_path
 
 SMALL_CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 TINY = TrainConfig(
@@ -50,25 +42,6 @@ def test_schedule_defaults_come_from_the_preset_and_explicit_settings_win():
     assert config.warm_start_epochs == tiny.warm_start_epochs
     with pytest.raises(ValueError, match="unknown preset"):
         TrainConfig(preset="huge")
-
-
-def test_learning_rate_is_constant_then_a_cosine_to_zero():
-    scales = [learning_rate_scale(step, 10, 4) for step in range(10)]
-    assert scales[:7] == [1.0] * 7
-    assert scales[6:] == sorted(scales[6:], reverse=True)
-    assert scales[7] < 1 and 0 < scales[-1] < 0.2
-    assert [learning_rate_scale(step, 5, 0) for step in range(5)] == [1.0] * 5
-
-
-def test_only_the_prediction_networks_last_epochs_anneal():
-    config = TrainConfig(rounds=2, p_epochs=2, final_p_epochs=3)
-    assert annealed_steps(Phase("p_step", 1, 2), config, 10) == 0
-    assert annealed_steps(Phase("c_step", 2, 1), config, 10) == 0
-    assert annealed_steps(Phase("warm_start", 0, 12), config, 10) == 0
-    assert annealed_steps(Phase("p_step", 3, 3), config, 10) == 30
-    # The upper bound trains all 7 epochs in one phase and anneals over the same last 3.
-    assert annealed_steps(Phase("supervised", 0, 7), config, 10) == 30
-    assert annealed_steps(Phase("supervised", 0, 2), config, 10) == 20
 
 
 @pytest.fixture(scope="module")
@@ -132,12 +105,6 @@ def test_train_writes_bundle_log_and_state(data, cache_dir, tmp_path, config):
     for step in steps:
         losses = {k: v for k, v in step["terms"].items() if k.startswith("loss_")}
         assert losses and all(math.isfinite(v) for v in losses.values())
-    last_phase = [
-        r for r in steps if (r["phase"], r["round"]) == (phases[-1].name, phases[-1].round)
-    ]
-    assert last_phase[0]["lr"] == config.lr_prediction > last_phase[-1]["lr"]
-    earlier_prediction_steps = [r for r in steps if r["phase"] == "p_step" and r not in last_phase]
-    assert all(r["lr"] == config.lr_prediction for r in earlier_prediction_steps)
     if config.supervision == "masks":
         assert {r["phase"] for r in steps} == {"supervised"}
     else:
