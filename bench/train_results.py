@@ -36,21 +36,17 @@ def runs(schedule: Schedule) -> dict[str, list[str]]:
     """The table's rows: their `discoseg train` options after the schedule's."""
     # The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
     p_epochs = str(schedule.prediction_epochs)
+    best_proposal = ["--supervision", "tags", "--rounds", "0", "--final-p-epochs", p_epochs]
+    best_proposal += ["--k", "1", "--gamma", "1"]
     return {
         "fully supervised (masks, upper bound)": ["--supervision", "masks"],
         "ours, tags (K=10, γ=0.5)": ["--supervision", "tags"],
         "ours, boxes (K=10, γ=0.5)": ["--supervision", "boxes"],
+        # one proposal per tag, the rest of the image background
         "baseline: best proposal per tag (warm start only, K=1)": [
-            "--supervision",
-            "tags",
-            "--rounds",
-            "0",
-            "--final-p-epochs",
-            p_epochs,
-            "--k",
-            "1",
-            "--gamma",
-            "1",
+            *best_proposal,
+            "--unclaimed",
+            "background",
         ],
         "baseline: box-as-mask": ["--supervision", "boxes", "--baseline", "box-mask"],
         "baseline: GrabCut in box": ["--supervision", "boxes", "--baseline", "grabcut"],
@@ -64,6 +60,7 @@ def runs(schedule: Schedule) -> dict[str, list[str]]:
             "--unclaimed",
             "background",
         ],
+        "baseline: best proposal per tag, unclaimed instances ignored": best_proposal,
         "ours, tags, every instance of positive margin": [
             "--supervision",
             "tags",
