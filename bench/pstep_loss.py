@@ -5,7 +5,7 @@ step) with K distinct targets, with K copies of one target (the K samples given 
 always agree) and with one target, timed interleaved, and their ratios to K = 1 (DESIGN section
 5 asks for <= 2 at K = 10).
 
-    python bench/pstep_loss.py --preset tiny --size 256 --k 10 --repeats 10
+    python bench/pstep_loss.py --preset tiny --size 256 --k 10 --repeats 10 [--device cuda]
 """
 
 from __future__ import annotations
@@ -52,19 +52,20 @@ def random_target(size: int, generator: torch.Generator) -> dict[str, Tensor]:
 
 
 def make_step(
-    preset: str, size: int, k: int, batch: int, copies: bool = False
+    preset: str, size: int, k: int, batch: int, device: torch.device, copies: bool = False
 ) -> Callable[[], None]:
     """One training step (loss, backward, SGD step) with `k` pseudo targets per image, all
     copies of one when `copies`."""
     torch.manual_seed(0)
     generator = torch.Generator().manual_seed(0)
-    model = build_prediction_net(preset=preset, num_classes=NUM_CLASSES)
+    model = build_prediction_net(preset=preset, num_classes=NUM_CLASSES).to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    images = [torch.rand(3, size, size, generator=generator) for _ in range(batch)]
+    images = [torch.rand(3, size, size, generator=generator).to(device) for _ in range(batch)]
     targets = [[random_target(size, generator) for _ in range(k)] for _ in range(batch)]
     if copies:
         targets = [[per_image[0]] * k for per_image in targets]
+    targets = [[{n: v.to(device) for n, v in t.items()} for t in ts] for ts in targets]
 
     def step() -> None:
         losses = pseudo_target_loss(model, images, targets)
@@ -76,9 +77,11 @@ def make_step(
     return step
 
 
-def seconds(step: Callable[[], None]) -> float:
+def seconds(step: Callable[[], None], device: torch.device) -> float:
     start = time.perf_counter()
     step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
     return time.perf_counter() - start
 
 
@@ -91,12 +94,15 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    shape = (args.preset, args.size, args.k, args.batch, device)
     steps = {
-        f"k{args.k}": make_step(args.preset, args.size, args.k, args.batch),
-        f"k{args.k}_copies": make_step(args.preset, args.size, args.k, args.batch, copies=True),
-        "k1": make_step(args.preset, args.size, 1, args.batch),
+        f"k{args.k}": make_step(*shape),
+        f"k{args.k}_copies": make_step(*shape, copies=True),
+        "k1": make_step(args.preset, args.size, 1, args.batch, device),
     }
     for _ in range(args.warmup):
         for step in steps.values():
@@ -105,7 +111,7 @@ def main() -> None:
     times: dict[str, list[float]] = {name: [] for name in steps}
     for _ in range(args.repeats):
         for name, step in steps.items():
-            times[name].append(seconds(step))
+            times[name].append(seconds(step, device))
     medians = {name: statistics.median(t) for name, t in times.items()}
     result = {**vars(args), **{f"step_s_{name}": round(m, 4) for name, m in medians.items()}}
     for name in (f"k{args.k}", f"k{args.k}_copies"):
