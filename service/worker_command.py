@@ -13,9 +13,6 @@ from typing import Annotated
 
 import typer
 
-from service.core.config import get_settings
-from service.worker.app import CHUNK_QUEUE, create_celery_app
-
 
 class Pool(StrEnum):
     prefork = "prefork"
@@ -33,6 +30,10 @@ def worker(
     loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Log level.")] = "info",
 ) -> None:
     """Run batch-job chunks from the Redis queue at DISCOSEG_REDIS_URL."""
+    # Imported here so that other subcommands do not pay for Celery and the settings.
+    from service.core.config import get_settings
+    from service.worker.app import CHUNK_QUEUE, create_celery_app
+
     settings = get_settings()
     if not settings.redis_url:
         typer.echo("error: DISCOSEG_REDIS_URL is not set; a worker needs Redis", err=True)
