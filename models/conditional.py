@@ -10,8 +10,9 @@ Annotation-consistent inference turns each sample's scores into an instance segm
 Three choices of ours, for cost and diversity on a CPU: the trunk runs on the image scaled by
 `trunk_scale` (features are pooled on a coarser grid anyway), its features are pooled on a grid
 of stride `pool_stride` (masks weigh each cell by the share of it they cover), and z_k is
-drawn uniform in [-1, 1] on a coarse `noise_grid` and upsampled bilinearly, so it varies
-smoothly: i.i.d. per-pixel noise would average out inside any large proposal.
+drawn uniform in [-a, a] (a = `noise_amplitude`) on a coarse `noise_grid` and upsampled
+bilinearly, so it varies smoothly: i.i.d. per-pixel noise would average out inside any large
+proposal.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -48,6 +49,7 @@ class ConditionalConfig:
     hidden_channels: int = 128
     pool_stride: int = 4
     noise_grid: int = 8
+    noise_amplitude: float = 1.0
     descriptor_size: int = 64
     objectness_weight: float = 5.0
     # Weight of the boundary prior inside the objectness prior (models.descriptors). Given
@@ -172,11 +174,10 @@ class ConditionalNet(nn.Module):
     def draw_noise(
         self, k: int, grid: tuple[int, int], generator: torch.Generator | None = None
     ) -> Tensor:
-        """FloatTensor[K, 1, h, w]: uniform [-1, 1] on a coarse grid, upsampled bilinearly."""
-        coarse = torch.rand(
-            (k, 1, self.config.noise_grid, self.config.noise_grid), generator=generator
-        )
-        coarse = coarse.to(self.image_mean.device) * 2 - 1
+        """FloatTensor[K, 1, h, w]: uniform [-a, a] on a coarse grid, upsampled bilinearly."""
+        c = self.config
+        coarse = torch.rand((k, 1, c.noise_grid, c.noise_grid), generator=generator)
+        coarse = (coarse.to(self.image_mean.device) * 2 - 1) * c.noise_amplitude
         return F.interpolate(coarse, size=grid, mode="bilinear", align_corners=True)
 
     def score(self, features: Tensor, context: ProposalContext, noise: Tensor) -> Tensor:

@@ -229,6 +229,15 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = 1,
+    noise_amplitude: Annotated[
+        float,
+        typer.Option(
+            "--noise-amplitude",
+            help="The conditional network's noise is uniform in [-a, a]; larger makes its K "
+            "samples differ more (bench/noise_effect.py measures how much).",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = 1.0,
     backbone_weights: Annotated[
         str | None,
         typer.Option(
@@ -293,6 +302,8 @@ def train_command(
     check_choice("--unclaimed", unclaimed, list(UNCLAIMED_CHOICES))
     if max_instances_per_tag < 0:
         fail(f"--max-instances-per-tag must be 0 or more, got {max_instances_per_tag}")
+    if noise_amplitude < 0:
+        fail(f"--noise-amplitude must be 0 or more, got {noise_amplitude}")
     if out.is_dir():
         fail(f"--out must be a bundle file, {out} is a folder")
     with user_errors():
@@ -337,7 +348,9 @@ def train_command(
                 resume=resume,
                 cache_dir=cache_dir,
                 conditional_config=ConditionalConfig(
-                    inference=inference, border_prior_weight=config.border_prior_weight
+                    inference=inference,
+                    border_prior_weight=config.border_prior_weight,
+                    noise_amplitude=noise_amplitude,
                 ),
                 progress=progress,
             )

@@ -2,6 +2,7 @@
 reproducible for a seed, driven by the noise, and cost one trunk pass for K samples; and the
 boundary-aware pairwise refinement."""
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -131,6 +132,21 @@ def test_noise_reaches_the_scores(net):
     # Samples of one call differ from each other, for every proposal.
     for k in range(1, K):
         assert (scores[k] - scores[0]).abs().amax(dim=1).min() > 0
+
+
+def test_noise_amplitude_scales_the_noise(net):
+    image = torch.from_numpy(random_image(2)).permute(2, 0, 1).float() / 255
+    context = describe_proposals(image, tile_proposals(), CONFIG)
+    grid = (8, 8)
+    unit = net.draw_noise(K, grid, torch.Generator().manual_seed(0))
+    louder = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=30.0))
+    louder.load_state_dict(net.state_dict())
+    assert torch.allclose(louder.draw_noise(K, grid, torch.Generator().manual_seed(0)), unit * 30)
+    silent = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=0.0))
+    silent.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        scores = silent.eval()(image, context, K, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(scores, scores[:1].expand_as(scores))
 
 
 def test_k_samples_cost_one_trunk_pass(net):

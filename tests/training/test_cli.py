@@ -86,6 +86,7 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
         "--k", 2, "--rounds", 0, "--warm-start-epochs", 1, "--final-p-epochs", 1,
         "--image-size", SIZE, "--max-proposals", 20, "--device", "cpu", "--no-progress",
         "--cache-dir", tmp_path / "cache", "--max-instances-per-tag", 0,
+        "--noise-amplitude", 20,
     ]
     assert str(out) in ok(*args).output
 
@@ -95,6 +96,7 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
     assert bundle.metadata["training"]["k"] == 2
     assert bundle.conditional.config.inference.max_instances_per_tag is None
     assert bundle.conditional.config.border_prior_weight == 0, "boxes train without it"
+    assert bundle.conditional.config.noise_amplitude == 20
     assert state_path(out).is_file()
     records = [json.loads(line) for line in log_path(out).read_text().splitlines()]
     assert [r["phase"] for r in records if r["event"] == "phase_end"] == ["warm_start", "p_step"]
@@ -103,6 +105,8 @@ def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, 
     result = invoke(*args, "--resume", "--gamma", 0.25)
     assert_usage_error(result, "cannot resume")
     result = invoke(*args, "--resume", "--max-instances-per-tag", 2)
+    assert_usage_error(result, "cannot resume")
+    result = invoke(*args, "--resume", "--noise-amplitude", 1)
     assert_usage_error(result, "cannot resume")
 
 
@@ -217,6 +221,9 @@ ERRORS = {
     "bad instance limit": (["train", "--data", "{train}", "--images", "{root}",
                             "--out", "{tmp}/m.pt", "--max-instances-per-tag", "-1"],
                            "--max-instances-per-tag"),
+    "bad noise amplitude": (["train", "--data", "{train}", "--images", "{root}",
+                             "--out", "{tmp}/m.pt", "--noise-amplitude", "-1"],
+                            "--noise-amplitude must be 0 or more"),
     "bad seed ratio": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
                         "--seed-ratio", "0"], "seed_ratio must be in (0, 1]"),
     "bad unclaimed": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
