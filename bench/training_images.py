@@ -15,7 +15,7 @@ from training.data.dataset import Instances, Sample, Supervision
 from training.proposal_cache import ProposalCache
 
 
-def parse_args(description: str, limit: int, **extra: int) -> argparse.Namespace:
+def argument_parser(description: str, limit: int, **extra: int) -> argparse.ArgumentParser:
     """--model, --data, --images, --cache-dir (the training proposal cache, so that training
     images are not recomputed), --limit, and an int option per `extra` keyword (its default)."""
     parser = argparse.ArgumentParser(description=description)
@@ -26,7 +26,12 @@ def parse_args(description: str, limit: int, **extra: int) -> argparse.Namespace
     parser.add_argument("--limit", type=int, default=limit)
     for name, default in extra.items():
         parser.add_argument(f"--{name.replace('_', '-')}", type=int, default=default)
-    return parser.parse_args()
+    return parser
+
+
+def parse_args(description: str, limit: int, **extra: int) -> argparse.Namespace:
+    """The options of `argument_parser`, parsed."""
+    return argument_parser(description, limit, **extra).parse_args()
 
 
 def open_inputs(
