@@ -230,14 +230,15 @@ def train_command(
         ),
     ] = 1,
     noise_amplitude: Annotated[
-        float,
+        float | None,
         typer.Option(
             "--noise-amplitude",
             help="The conditional network's noise is uniform in [-a, a]; larger makes its K "
-            "samples differ more (bench/noise_effect.py measures how much).",
+            "samples differ more (bench/noise_effect.py measures how much). Default: "
+            "models.conditional.ConditionalConfig's, 30.",
             rich_help_panel=_TRAINING,
         ),
-    ] = 1.0,
+    ] = None,
     backbone_weights: Annotated[
         str | None,
         typer.Option(
@@ -302,7 +303,7 @@ def train_command(
     check_choice("--unclaimed", unclaimed, list(UNCLAIMED_CHOICES))
     if max_instances_per_tag < 0:
         fail(f"--max-instances-per-tag must be 0 or more, got {max_instances_per_tag}")
-    if noise_amplitude < 0:
+    if noise_amplitude is not None and noise_amplitude < 0:
         fail(f"--noise-amplitude must be 0 or more, got {noise_amplitude}")
     if out.is_dir():
         fail(f"--out must be a bundle file, {out} is a folder")
@@ -332,6 +333,7 @@ def train_command(
             backbone_weights=backbone_weights,
         )
         inference = InferenceConfig(max_instances_per_tag=max_instances_per_tag or None)
+    noise = {} if noise_amplitude is None else {"noise_amplitude": noise_amplitude}
     main_process = os.environ.get("RANK", "0") == "0"
     resumable = out.is_file() and state_path(out).is_file()
     if resume and not resumable and main_process:
@@ -348,9 +350,7 @@ def train_command(
                 resume=resume,
                 cache_dir=cache_dir,
                 conditional_config=ConditionalConfig(
-                    inference=inference,
-                    border_prior_weight=config.border_prior_weight,
-                    noise_amplitude=noise_amplitude,
+                    inference=inference, border_prior_weight=config.border_prior_weight, **noise
                 ),
                 progress=progress,
             )

@@ -138,10 +138,12 @@ def test_noise_amplitude_scales_the_noise(net):
     image = torch.from_numpy(random_image(2)).permute(2, 0, 1).float() / 255
     context = describe_proposals(image, tile_proposals(), CONFIG)
     grid = (8, 8)
-    unit = net.draw_noise(K, grid, torch.Generator().manual_seed(0))
+    unit = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=1.0))
     louder = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=30.0))
-    louder.load_state_dict(net.state_dict())
-    assert torch.allclose(louder.draw_noise(K, grid, torch.Generator().manual_seed(0)), unit * 30)
+    unit_noise = unit.draw_noise(K, grid, torch.Generator().manual_seed(0))
+    assert unit_noise.abs().max() <= 1
+    louder_noise = louder.draw_noise(K, grid, torch.Generator().manual_seed(0))
+    assert torch.allclose(louder_noise, unit_noise * 30)
     silent = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=0.0))
     silent.load_state_dict(net.state_dict())
     with torch.no_grad():
@@ -257,3 +259,10 @@ def test_an_edge_between_two_proposals_weakens_their_weight():
     without_edge = affinity(uniform, proposals)[0, 1]
     with_edge = affinity(edged, proposals)[0, 1]
     assert without_edge > with_edge
+
+
+def test_a_config_from_before_the_noise_amplitude_keeps_its_noise():
+    values = CONFIG.as_dict()
+    del values["noise_amplitude"]
+    assert ConditionalConfig.from_dict(values).noise_amplitude == 1.0
+    assert ConditionalConfig.from_dict(CONFIG.as_dict()) == CONFIG
