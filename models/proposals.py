@@ -1,7 +1,9 @@
 """Class-agnostic segment proposals: selective-search style hierarchical grouping of superpixels.
 
-Superpixels come from graph-based segmentation (Felzenszwalb & Huttenlocher, via
-`cv2.ximgproc`) of a downscaled copy of the image, at a few scales and in a few colour spaces.
+Superpixels come from graph-based segmentation (Felzenszwalb & Huttenlocher, scikit-image's
+implementation: OpenCV's lives in its contrib build, which the plain `opencv-python-headless`
+that many annotation tools install shadows) of a downscaled copy of the image, at a few scales
+and in a few colour spaces.
 Each (segmentation, similarity) pair is one grouping strategy: starting from the superpixels,
 it greedily merges the most similar pair of adjacent regions until one region is left; every
 region on the way is a proposal. Regions are rows of a boolean (region x superpixel) table and
@@ -28,6 +30,7 @@ import cv2
 import numpy as np
 import torch
 from scipy import ndimage
+from skimage.segmentation import felzenszwalb
 
 from models.box_proposals import box_proposals
 
@@ -196,10 +199,13 @@ def propose(
             _texture_bins(coloured) if any("t" in s for s in settings.similarities) else None
         )
         for k in settings.scales:
-            segmenter = cv2.ximgproc.segmentation.createGraphSegmentation(
-                sigma=settings.sigma, k=float(k), min_size=int(k * settings.min_size_ratio)
-            )
-            labels = segmenter.processImage(coloured).astype(np.intp)
+            labels = felzenszwalb(
+                coloured,
+                scale=float(k),
+                sigma=settings.sigma,
+                min_size=int(k * settings.min_size_ratio),
+                channel_axis=-1,
+            ).astype(np.intp)
             regions, priority = _group(labels, colour_bins, texture_bins, settings, rng)
             # uint8 labels let `_paint` use cv2.LUT, several times faster than np.take.
             full_dtype = np.uint8 if regions.shape[1] <= 256 else np.intp
