@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import require_api_key
-from service.api.routes import health, jobs, models, page, pseudo_labels, segment
+from service.api.routes import health, jobs, models, page, pseudo_labels, refine, segment
 from service.core.config import Settings, get_settings
 from service.errors import error_response, install_error_handlers
 from service.jobs import create_backend
@@ -25,7 +25,7 @@ from service.runtime import ModelRuntime
 
 # Room for the form fields and multipart framing that travel with an image.
 FORM_ALLOWANCE_BYTES = 1 << 20
-UPLOAD_PATHS = ("/v1/segment", "/v1/pseudo-labels")
+UPLOAD_PATHS = ("/v1/segment", "/v1/pseudo-labels", "/v1/refine")
 
 
 class UploadLimitMiddleware:
@@ -105,6 +105,7 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     v1 = {"prefix": "/v1", "dependencies": [Depends(require_api_key)]}
     app.include_router(segment.router, **v1)
     app.include_router(pseudo_labels.router, **v1)
+    app.include_router(refine.router, **v1)
     app.include_router(models.router, **v1)
     app.include_router(jobs.router, **v1)
     app.include_router(health.router)

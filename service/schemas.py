@@ -57,6 +57,17 @@ class PseudoLabelResponse(BaseModel):
     )
 
 
+class RefineResponse(BaseModel):
+    model: str = MODEL_FIELD
+    width: int
+    height: int
+    candidates: list[Instance] = Field(
+        description="at most k distinct masks, best first; each holds every positive point, no "
+        "negative point and lies inside the box (when given); score: the probability of its "
+        "class under the conditional network"
+    )
+
+
 class BoxHint(BaseModel):
     """One element of the `boxes` form field (a JSON list of these)."""
 

@@ -14,7 +14,7 @@ from service.schemas import PseudoLabelResponse, Sample, encode_instances
 router = APIRouter(tags=["pseudo-labels"])
 
 
-def _json_list(name: str, text: str) -> list:
+def json_list(name: str, text: str) -> list:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as error:
@@ -25,14 +25,14 @@ def _json_list(name: str, text: str) -> list:
 
 
 def parse_tags(text: str) -> list[str]:
-    tags = _json_list("tags", text)
+    tags = json_list("tags", text)
     if not all(isinstance(tag, str) for tag in tags):
         raise ApiError(422, 'tags must be a JSON list of class names, e.g. ["cat", "dog"]')
     return tags
 
 
 def parse_boxes(text: str, max_boxes: int) -> list[dict]:
-    boxes = _json_list("boxes", text)
+    boxes = json_list("boxes", text)
     if len(boxes) > max_boxes:
         raise ApiError(422, f"{len(boxes)} boxes given; at most {max_boxes} are accepted")
     for index, box in enumerate(boxes):
