@@ -16,7 +16,16 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.api.deps import require_api_key
-from service.api.routes import health, jobs, models, page, pseudo_labels, refine, segment
+from service.api.routes import (
+    health,
+    jobs,
+    labelstudio,
+    models,
+    page,
+    pseudo_labels,
+    refine,
+    segment,
+)
 from service.core.config import Settings, get_settings
 from service.errors import error_response, install_error_handlers
 from service.jobs import create_backend
@@ -108,6 +117,8 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     app.include_router(refine.router, **v1)
     app.include_router(models.router, **v1)
     app.include_router(jobs.router, **v1)
+    # Label Studio sends Basic auth (its ML backend settings) or nothing: see require_api_key.
+    app.include_router(labelstudio.router, prefix="/ls", dependencies=[Depends(require_api_key)])
     app.include_router(health.router)
     app.include_router(page.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")

@@ -68,6 +68,43 @@ class RefineResponse(BaseModel):
     )
 
 
+class LabelStudioHealth(BaseModel):
+    status: str = Field(examples=["UP"])
+    model_class: str
+    model_version: str
+
+
+class LabelStudioSetupRequest(BaseModel):
+    """What Label Studio sends when a project connects the backend."""
+
+    project: str | None = Field(None, description="'{project id}.{created timestamp}'")
+    schema_: str | None = Field(None, alias="schema", description="the labelling config")
+    hostname: str | None = Field(None, description="Label Studio's URL, for task images")
+    access_token: str | None = None
+    extra_params: dict | None = None
+
+
+class LabelStudioSetupResponse(BaseModel):
+    model_version: str
+
+
+class LabelStudioPredictRequest(BaseModel):
+    tasks: list[dict] = Field(description="Label Studio tasks (data, annotations, ...)")
+    label_config: str = Field(description="the project's labelling config (XML)")
+    project: str | None = None
+    params: dict | None = Field(None, description="login, password, context (interactive)")
+
+
+class LabelStudioPredictResponse(BaseModel):
+    results: list[list[dict]] = Field(
+        description="per task, its predictions best first: {result, score, model_version}"
+    )
+    model_version: str
+    warnings: list[str] = Field(
+        description="labels of the config the model lacks, tasks that could not be predicted"
+    )
+
+
 class BoxHint(BaseModel):
     """One element of the `boxes` form field (a JSON list of these)."""
 

@@ -1,5 +1,7 @@
 """Typed dependencies of the routes: settings, the model runtime, API keys, the uploaded image."""
 
+import base64
+import binascii
 import secrets
 from typing import Annotated
 
@@ -37,19 +39,38 @@ Model = Annotated[ModelRuntime, Depends(get_runtime)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
+def _basic_password(request: Request) -> str | None:
+    """The password of `Authorization: Basic ...` (how Label Studio authenticates to an ML
+    backend), or None."""
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2]
+
+
 def require_api_key(
     settings: AppSettings,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> None:
-    """With DISCOSEG_API_KEYS set, a request needs `Authorization: Bearer <one of them>`."""
+    """With DISCOSEG_API_KEYS set, a request needs `Authorization: Bearer <one of them>` (or
+    Basic auth whose password is one of them)."""
     if not settings.api_keys:
         return
-    if credentials is None or credentials.scheme.lower() != "bearer":
+    password = _basic_password(request)
+    if password is not None:
+        offered = password.encode()
+    elif credentials is None or credentials.scheme.lower() != "bearer":
         raise ApiError(
             401, "missing API key: send Authorization: Bearer <key>",
             headers={"WWW-Authenticate": "Bearer"},
         )
-    offered = credentials.credentials.encode()
+    else:
+        offered = credentials.credentials.encode()
     # Compare with every key, so the time taken does not tell which one nearly matched.
     matches = [secrets.compare_digest(offered, k.get_secret_value().encode())
                for k in settings.api_keys]
