@@ -2,7 +2,6 @@
 model URL. GET /ls/health, POST /ls/setup, POST /ls/predict, POST /ls/webhook."""
 
 import json
-import logging
 import threading
 import time
 from typing import Annotated
@@ -30,7 +29,6 @@ from service.schemas import (
 from training.formats.labelstudio import LabelConfig, parse_label_config
 
 router = APIRouter(tags=["label-studio"])
-logger = logging.getLogger(__name__)
 
 MODEL_CLASS = "discoseg"
 TRAINING_EVENTS = frozenset({
