@@ -108,5 +108,8 @@ class ResultStore:
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
 
+    def delete_inputs(self, job_id: str) -> None:
+        shutil.rmtree(self.input_dir(job_id), ignore_errors=True)
+
     def _outcome_path(self, job_id: str, index: int) -> Path:
         return self.job_dir(job_id) / "results" / f"{index}.json"

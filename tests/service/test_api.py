@@ -76,7 +76,7 @@ def test_lifespan_loads_the_bundle_once(make_client) -> None:
     assert client.app.state.runtime is None
 
 
-def test_api_keys_guard_v1_routes_only(make_client) -> None:
+def test_api_keys_guard_v1_routes_metrics_and_probe_details(make_client) -> None:
     with make_client(api_keys=[API_KEY]) as client:
         wrong = ({}, {"Authorization": "Bearer wrong-key-0123456789"}, {"Authorization": API_KEY})
         for headers in wrong:
@@ -88,8 +88,15 @@ def test_api_keys_guard_v1_routes_only(make_client) -> None:
         assert refused.status_code == 401
         good = {"Authorization": f"Bearer {API_KEY}"}
         assert client.get("/v1/models", headers=good).status_code == 200
-        for open_path in ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json"):
+        for open_path in ("/healthz", "/readyz", "/docs", "/openapi.json", "/"):
             assert client.get(open_path).status_code == 200, open_path
+        # The probes' status is open, their details are not.
+        assert client.get("/readyz").json() == {"status": "ready", "checks": {}}
+        assert client.get("/readyz", headers=good).json()["checks"] == {"model": "ok",
+                                                                          "jobs": "ok"}
+        refused = client.get("/metrics")
+        assert refused.status_code == 401 and refused.json()["error"]["code"] == "unauthorized"
+        assert "discoseg_http_requests_total" in client.get("/metrics", headers=good).text
 
 
 def test_weak_api_keys_are_refused_at_start(make_settings) -> None:

@@ -186,9 +186,9 @@ def test_bad_job_requests_are_4xx_json(tmp_path, bundle_path, runtime) -> None:
         assert_error(post(data={"hints": "none"}), 422)
         both = [("files", ("a.png", png, "image/png")), ("coco", ("c.json", b"{}", "text/json"))]
         assert_error(post(files=both), 422)
-        assert_error(post(files={"coco": ("c.json", b"{not json", "text/json")}), 400,
+        assert_error(post(files={"coco": ("c.json", b"{not json", "text/json")}), 422,
                      "invalid_coco")
-        assert_error(post(files={"coco": ("c.json", b'{"images": []}', "text/json")}), 400,
+        assert_error(post(files={"coco": ("c.json", b'{"images": []}', "text/json")}), 422,
                      "invalid_coco")
         assert_error(post(files=[("files", ("x.zip", b"PK but no zip", "application/zip"))]),
                      400, "invalid_zip")
@@ -197,7 +197,7 @@ def test_bad_job_requests_are_4xx_json(tmp_path, bundle_path, runtime) -> None:
         big = [("files", ("big.png", b"\0" * 50_001, "image/png"))]
         assert_error(post(files=big), 413, "file_too_large")
         one = [("files", ("a.png", png, "image/png"))]
-        assert_error(post(files=one, data={"annotations": "[1, 2"}), 400, "invalid_annotations")
+        assert_error(post(files=one, data={"annotations": "[1, 2"}), 422, "invalid_annotations")
         assert_error(post(files=one, data={"hints": "masks"}), 422)
         assert_error(post(files=one, data={"score_threshold": "2"}), 422)
         unknown = "0" * 32
@@ -262,7 +262,7 @@ def test_embedded_backend_resumes_unfinished_jobs_after_restart(
     job_id = first.new_job_id()
     uploads = [Upload(f"{i}.png", io.BytesIO(scene_png(i))) for i in range(4)]
     items = stage_uploads(first.store.input_dir(job_id), uploads, hints_mode="none",
-                          image_hints={}, limits=StagingLimits(10, 10**6))
+                          image_hints={}, limits=StagingLimits(10, 10**6, 10**7))
     first.submit(job_id, items, LabelOptions())
     first.stop()  # the process "dies": running chunk finishes, queued chunks are dropped
     interrupted = first.states.get(job_id)

@@ -28,9 +28,11 @@ from tests.service.test_jobs import (
     wait_finished,
     write_coco_under,
 )
+from tests.service.conftest import encode, scene_image
 
 pytestmark = pytest.mark.slow
 WORKER_START_TIMEOUT_S = 60
+REDIS_OUTAGE_S = 15
 
 
 def _free_port() -> int:
@@ -39,10 +41,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_redis_server(port: int) -> subprocess.Popen:
+def _start_redis_server(port: int, *options: str) -> subprocess.Popen:
+    """A redis-server on `port` (by default without persistence; `options` override)."""
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no"],
+         "--appendonly", "no", "--daemonize", "no", *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port, socket_connect_timeout=0.2)
@@ -260,5 +263,65 @@ def test_redis_away_gives_503_on_job_routes_and_recovers(
             assert client.get("/readyz").status_code == 200
             assert redis.Redis(port=port).llen(CHUNK_QUEUE) == 1  # the chunk was queued
     finally:
+        server.kill()
+        server.wait()
+
+
+def _start_durable_redis(port: int, folder: Path) -> subprocess.Popen:
+    """A redis-server that writes every change to its append-only file before answering."""
+    return _start_redis_server(port, "--appendonly", "yes", "--appendfsync", "always",
+                               "--dir", str(folder))
+
+
+def _poll_until_finished(client: TestClient, job_id: str, timeout: float) -> dict:
+    """The job's final status; 503s while Redis is away are waited out."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/jobs/{job_id}")
+        if response.status_code == 200:
+            status = response.json()
+            if status["state"] not in ("queued", "running"):
+                return status
+        else:
+            assert_error(response, 503, "jobs_unavailable")
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+
+
+def test_redis_killed_mid_chunk_loses_no_image(bundle_path, runtime, tmp_path) -> None:
+    port = _free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server = _start_durable_redis(port, redis_dir)
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"redis://127.0.0.1:{port}/0",
+                            job_chunk_size=4, job_redelivery_timeout_s=120)
+    states = redis.Redis(port=port, socket_connect_timeout=0.5)
+    worker = Worker(settings, "outlasts-redis", tmp_path / "worker.log")
+    names = [f"{i}.png" for i in range(20)]
+    try:
+        with TestClient(create_app(settings, runtime=runtime)) as client:
+            files = [("files", (name, encode(scene_image(i, 192)), "image/png"))
+                     for i, name in enumerate(names)]
+            job = client.post("/v1/jobs", files=files, data={"score_threshold": "0"}).json()
+            done_key = f"discoseg:job:{job['id']}:done"
+            deadline = time.monotonic() + 60
+            while states.scard(done_key) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            server.kill()  # SIGKILL in the middle of the first chunk
+            server.wait()
+            time.sleep(REDIS_OUTAGE_S)
+            server = _start_durable_redis(port, redis_dir)
+
+            status = _poll_until_finished(client, job["id"], timeout=60)
+            assert status["state"] == "succeeded", (status, worker.log.read_text()[-3000:])
+            assert status["progress"] == {"done": 20, "total": 20}
+            assert status["errors"] == []
+            result = client.get(status["result"]).json()
+            file_names = [image["file_name"] for image in result["images"]]
+            assert sorted(file_names) == sorted(names)  # every image, exactly once
+            assert sorted(image["id"] for image in result["images"]) == list(range(1, 21))
+    finally:
+        worker.kill()
         server.kill()
         server.wait()
