@@ -99,7 +99,7 @@ def load_settings(**overrides: object) -> Settings:
         return Settings(**overrides)
     except ValidationError as error:
         problems = "; ".join(
-            f"{name} ({ENV_PREFIX}{name.upper()}): {e['msg']}"
+            f"{name} ({ENV_PREFIX}{name.upper()}): {e['msg'].removeprefix('Value error, ')}"
             for e in error.errors()
             for name in ['.'.join(map(str, e["loc"]))]
         )

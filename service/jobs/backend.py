@@ -120,8 +120,12 @@ class JobBackend:
         now, deleted = time.time(), 0
         for job_id in self.store.job_ids():
             record = self.states.get(job_id)
-            spec_path = self.store.job_dir(job_id) / "spec.json"
-            age = now - (spec_path.stat().st_mtime if spec_path.exists() else now)
+            job_dir = self.store.job_dir(job_id)
+            spec_path = job_dir / "spec.json"
+            try:
+                age = now - (spec_path if spec_path.exists() else job_dir).stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile
+                continue
             expired = record is not None and record.expires_at is not None \
                 and record.expires_at < now
             if expired or (record is None and age > _ORPHAN_GRACE_S):

@@ -103,7 +103,7 @@ def stage_uploads(
         ]
         if member is not None:
             ratio_bound = max(RATIO_FLOOR_BYTES, MAX_COMPRESSION_RATIO * member.compress_size)
-            bounds.append((ratio_bound, lambda: _zip_bomb(name)))
+            bounds.insert(0, (ratio_bound, lambda: _zip_bomb(name)))  # the likeliest diagnosis
             for bound, error in bounds:
                 if member.file_size > bound:
                     raise error()

@@ -1,8 +1,10 @@
 """Batch jobs on the Celery backend with real `discoseg worker` processes and a real Redis
-(127.0.0.1:6379, databases 13 and 14 only; or a redis-server this module starts): uploads, COCO
-with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, and Redis going
-away and coming back."""
+(127.0.0.1:6379, databases 11 to 14 only; or a redis-server this module starts): uploads, COCO
+with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, Redis going away
+and coming back, Redis killed in the middle of a job, a worker that cannot load its model, and
+chunks the broker lost."""
 
+import json
 import os
 import signal
 import socket
@@ -14,11 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kombu.transport.redis import Channel
 
-from service.jobs.celery_backend import CeleryBackend
+from service.jobs.backend import MAX_REDISPATCHES
+from service.jobs.celery_backend import CeleryBackend, chunk_of_task_id
 from service.main import create_app
 from service.runtime import ModelRuntime
 from service.worker.app import CHUNK_QUEUE
+from tests.service.conftest import encode, scene_image
 from tests.service.test_jobs import (
     REPO,
     assert_error,
@@ -28,7 +33,6 @@ from tests.service.test_jobs import (
     wait_finished,
     write_coco_under,
 )
-from tests.service.conftest import encode, scene_image
 
 pytestmark = pytest.mark.slow
 WORKER_START_TIMEOUT_S = 60
@@ -325,3 +329,105 @@ def test_redis_killed_mid_chunk_loses_no_image(bundle_path, runtime, tmp_path) -
         worker.kill()
         server.kill()
         server.wait()
+
+
+def _readyz_when_workers_seen(client: TestClient, timeout: float = 20.0) -> dict:
+    """/readyz once it reports a live worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get("/readyz").json()
+        if not body["checks"].get("workers", "").startswith("no live worker"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def test_readyz_shows_the_live_worker(celery_env) -> None:
+    client, _ = celery_env
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready",
+                            "checks": {"model": "ok", "jobs": "ok", "workers": "ok"}}
+
+
+def test_worker_that_cannot_load_its_model_fails_jobs_with_the_reason(
+    redis_base, bundle_path, runtime, tmp_path
+) -> None:
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/12")
+    missing = tmp_path / "elsewhere" / "model.pt"
+    _clean_db(settings.redis_url)
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        body = client.get("/readyz").json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["workers"].startswith("no live worker")
+        worker = Worker(settings.model_copy(update={"model_path": missing}), "modelless",
+                        tmp_path / "worker.log")
+        try:
+            body = _readyz_when_workers_seen(client)
+            assert body["status"] == "degraded", body
+            reason = "cannot load the model: no model bundle at model.pt"
+            assert body["checks"]["workers"] == f"worker modelless@{socket.gethostname()} {reason}"
+            assert str(tmp_path) not in str(body)  # the server's folders stay private
+
+            files = [("files", (f"{i}.png", scene_png(i), "image/png")) for i in range(3)]
+            job = client.post("/v1/jobs", files=files).json()
+            status = wait_finished(client, job["id"], timeout=60)
+            assert status["state"] == "failed" and status["progress"] == {"done": 3, "total": 3}
+            assert {e["error"] for e in status["errors"]} == {
+                f"the worker modelless@{socket.gethostname()} could not load the model: "
+                "no model bundle at model.pt"
+            }
+        finally:
+            worker.kill()
+            _clean_db(settings.redis_url)
+
+
+def _held_chunks(queue: redis.Redis) -> list[tuple[str, int]]:
+    return sorted(chunk_of_task_id(json.loads(raw)["headers"]["id"])
+                  for raw in queue.lrange(CHUNK_QUEUE, 0, -1))
+
+
+def test_lost_chunks_are_dispatched_again_then_failed_with_a_reason(
+    redis_base, bundle_path, runtime, tmp_path
+) -> None:
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/11",
+                            job_redelivery_timeout_s=1)
+    _clean_db(settings.redis_url)
+    queue = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        with TestClient(create_app(settings, runtime=runtime)) as client:
+            jobs = client.app.state.jobs
+            files = [("files", (f"{i}.png", scene_png(i), "image/png")) for i in range(3)]
+            job_id = client.post("/v1/jobs", files=files).json()["id"]  # 2 chunks, no worker
+            both = [(job_id, 0), (job_id, 1)]
+            assert _held_chunks(queue) == both
+            time.sleep(1.1)  # the job shows no sign of life past the redelivery timeout
+            assert jobs.recover_lost_chunks() == 0  # but the broker holds its chunks
+            # A chunk delivered to a worker and not acknowledged is held too.
+            delivered = queue.rpop(CHUNK_QUEUE)
+            queue.hset(Channel.unacked_key, "tag", json.dumps([json.loads(delivered), "", ""]))
+            assert jobs.recover_lost_chunks() == 0
+            queue.hdel(Channel.unacked_key, "tag")  # now chunk 0 is lost
+            assert jobs.recover_lost_chunks() == 1
+            assert _held_chunks(queue) == both
+            assert jobs.recover_lost_chunks() == 0  # dispatching again is a sign of life
+
+            for _ in range(MAX_REDISPATCHES - 1):
+                queue.delete(CHUNK_QUEUE)  # the broker loses both
+                time.sleep(1.1)
+                assert jobs.recover_lost_chunks() == 2
+                assert _held_chunks(queue) == both
+            assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+
+            queue.delete(CHUNK_QUEUE)
+            time.sleep(1.1)
+            assert jobs.recover_lost_chunks() == 2  # lost once more: failed, not stuck
+            assert queue.llen(CHUNK_QUEUE) == 0
+            status = client.get(f"/v1/jobs/{job_id}").json()
+            assert status["state"] == "failed" and status["progress"] == {"done": 3, "total": 3}
+            assert {e["error"] for e in status["errors"]} == {
+                f"the chunk holding this image was lost {MAX_REDISPATCHES + 1} times (the job "
+                "queue failed each time); submit the image again"
+            }
+    finally:
+        _clean_db(settings.redis_url)
