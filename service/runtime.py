@@ -218,8 +218,7 @@ class ModelRuntime:
         self.segment(np.zeros((64, 64, 3), dtype=np.uint8), score_threshold=1.0)
 
     async def submit(
-        self, function: Callable[..., T], *args: object, operation: str = "call",
-        units: float = 1.0,
+        self, function: Callable[..., T], *args: object, operation: str, units: float
     ) -> T:
         """Run `function(*args)` on the model thread; raise Overloaded when the queue is full.
 

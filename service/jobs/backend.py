@@ -151,7 +151,7 @@ class JobBackend:
                 held = self.chunks_held()
             done = self.states.done_indices(job_id)
             lost = [c for c in spec.unfinished_chunks(done) if (job_id, c) not in held]
-            if not lost:
+            if not lost or not self.states.claim_redispatch(job_id, record.active_at):
                 continue
             count += len(lost)
             if record.redispatches >= MAX_REDISPATCHES:
@@ -161,7 +161,6 @@ class JobBackend:
                 fail_images(self.context, job_id, items, reason)
             else:
                 logger.warning("job %s: chunks %s were lost; dispatching them again", job_id, lost)
-                self.states.mark_redispatched(job_id)
                 self.dispatch_chunks(job_id, lost)
         return count
 

@@ -78,7 +78,7 @@ def run_chunk(context: ChunkContext, runtime: LabelingRuntime, job_id: str, chun
         try:
             _label_image(context, runtime, job_id, options, item)
         except JobBackendUnavailable:
-            raise
+            raise  # nothing can be recorded: the chunk runs again once the store answers
         except Exception as error:
             reason = f"the chunk was interrupted: {type(error).__name__}: {error}"
             fail_images(context, job_id, items[position:], reason)
@@ -93,6 +93,7 @@ def fail_chunk(context: ChunkContext, job_id: str, chunk: int, reason: str) -> i
 
 
 def fail_images(context: ChunkContext, job_id: str, items: list[ImageItem], reason: str) -> int:
+    """Record `items` as failed with `reason`; returns how many."""
     for item in items:
         _record_error(context, job_id, item, reason)
     return len(items)

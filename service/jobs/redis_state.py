@@ -88,9 +88,10 @@ redis.call('HSET', KEYS[1], 'active_at', ARGV[2])
 return {state, redis.call('HINCRBY', KEYS[4], ARGV[1], 1)}
 """
 
-# ARGV: now.
-_MARK_REDISPATCHED = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+# ARGV: now, the active_at the claim was decided on.
+_CLAIM_REDISPATCH = """
+local active_at = tonumber(redis.call('HGET', KEYS[1], 'active_at'))
+if not active_at or active_at > tonumber(ARGV[2]) then return 0 end
 redis.call('HINCRBY', KEYS[1], 'redispatches', 1)
 redis.call('HSET', KEYS[1], 'active_at', ARGV[1])
 return 1
@@ -132,7 +133,7 @@ class RedisJobStates:
         self._transition = client.register_script(_TRANSITION)
         self._mark_fetched = client.register_script(_MARK_FETCHED)
         self._start_chunk = client.register_script(_START_CHUNK)
-        self._mark_redispatched = client.register_script(_MARK_REDISPATCHED)
+        self._claim_redispatch = client.register_script(_CLAIM_REDISPATCH)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
@@ -194,8 +195,9 @@ class RedisJobStates:
         return {int(index) for index in self.client.smembers(self._keys(job_id)[1])}
 
     @_unavailable_on_redis_error
-    def mark_redispatched(self, job_id: str) -> None:
-        self._mark_redispatched(keys=self._keys(job_id), args=[time.time()])
+    def claim_redispatch(self, job_id: str, active_at: float) -> bool:
+        claimed = self._claim_redispatch(keys=self._keys(job_id), args=[time.time(), active_at])
+        return bool(claimed)
 
     def cancel(self, job_id: str) -> JobRecord | None:
         self._cancel(job_id)

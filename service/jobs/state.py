@@ -41,8 +41,10 @@ class JobStates(Protocol):
     def done_indices(self, job_id: str) -> set[int]:
         """The indices of the job's finished images."""
 
-    def mark_redispatched(self, job_id: str) -> None:
-        """Lost chunks of the job were dispatched again: count it, and count it as activity."""
+    def claim_redispatch(self, job_id: str, active_at: float) -> bool:
+        """Claim the handling of the job's lost chunks (dispatching them again, or failing
+        them): counted in `redispatches` and as a sign of life. Refused (False) when the job
+        showed a sign of life after `active_at`, e.g. another API process claimed it first."""
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """queued/running -> cancelled; returns the record after the call."""
@@ -122,13 +124,15 @@ class FileJobStates:
             found = self._read(job_id)
             return set() if found is None else set(found.done)
 
-    def mark_redispatched(self, job_id: str) -> None:
+    def claim_redispatch(self, job_id: str, active_at: float) -> bool:
         with self._lock:
             found = self._read(job_id)
-            if found is not None:
-                found.record.redispatches += 1
-                found.record.active_at = time.time()
-                self._write(found)
+            if found is None or found.record.active_at > active_at:
+                return False
+            found.record.redispatches += 1
+            found.record.active_at = time.time()
+            self._write(found)
+            return True
 
     def cancel(self, job_id: str) -> JobRecord | None:
         with self._lock:

@@ -406,6 +406,9 @@ def test_lost_chunks_are_dispatched_again_then_failed_with_a_reason(
             job_id = client.post("/v1/jobs", files=files).json()["id"]  # 2 chunks, no worker
             both = [(job_id, 0), (job_id, 1)]
             assert _held_chunks(queue) == both
+            record = jobs.states.get(job_id)
+            # A claim decided on an older sign of life (another API process was first) fails.
+            assert not jobs.states.claim_redispatch(job_id, record.active_at - 1)
             time.sleep(1.1)  # the job shows no sign of life past the redelivery timeout
             assert jobs.recover_lost_chunks() == 0  # but the broker holds its chunks
             # A chunk delivered to a worker and not acknowledged is held too.
