@@ -35,7 +35,9 @@ def worker(
     """Run batch-job chunks from the Redis queue at DISCOSEG_REDIS_URL."""
     # Imported here so that other subcommands do not pay for Celery and the settings.
     from service.core.config import InvalidSettings, load_settings
+    from service.jobs.redis_state import redis_client
     from service.worker.app import CHUNK_QUEUE, create_celery_app
+    from service.worker.health import beat_while_the_worker_runs
     from service.worker.tasks import load_model_when_processes_start
     from training.errors import fail
 
@@ -46,7 +48,7 @@ def worker(
     if not settings.redis_url:
         fail("DISCOSEG_REDIS_URL is not set; a worker needs Redis")
     app = create_celery_app(settings)
-    _report_health_while_running(settings.redis_url)
+    beat_while_the_worker_runs(redis_client(settings.redis_url))
     load_model_when_processes_start(app)
     app.worker_main([
         "worker", f"--pool={pool}", f"--concurrency={concurrency}", f"--hostname={name}",
@@ -54,24 +56,3 @@ def worker(
         "--without-mingle",
     ])
 
-
-def _report_health_while_running(redis_url: str) -> None:
-    """Beat from when the worker consumes chunks until it shuts down."""
-    from celery.signals import worker_ready, worker_shutdown
-
-    from service.jobs.redis_state import redis_client
-    from service.worker.health import HealthReporter, Heartbeat
-
-    heartbeats: list[Heartbeat] = []
-
-    def start(sender, **_: object) -> None:
-        heartbeat = Heartbeat(HealthReporter(redis_client(redis_url), sender.hostname))
-        heartbeat.start()
-        heartbeats.append(heartbeat)
-
-    def stop(**_: object) -> None:
-        while heartbeats:
-            heartbeats.pop().stop()
-
-    worker_ready.connect(start, weak=False)
-    worker_shutdown.connect(stop, weak=False)

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 import redis
+from celery.signals import worker_ready, worker_shutdown
 
 KEY_PREFIX = "discoseg:worker:"
 HEARTBEAT_INTERVAL_S = 5.0
@@ -83,6 +84,24 @@ class Heartbeat:
         while not self._stop.is_set():
             self.reporter.beat()
             self._stop.wait(HEARTBEAT_INTERVAL_S)
+
+
+def beat_while_the_worker_runs(client: redis.Redis) -> None:
+    """In a `discoseg worker` process: beat from when the worker consumes chunks until it
+    shuts down (Celery's worker_ready and worker_shutdown signals)."""
+    heartbeats: list[Heartbeat] = []
+
+    def start(sender, **_: object) -> None:
+        heartbeat = Heartbeat(HealthReporter(client, sender.hostname))
+        heartbeat.start()
+        heartbeats.append(heartbeat)
+
+    def stop(**_: object) -> None:
+        while heartbeats:
+            heartbeats.pop().stop()
+
+    worker_ready.connect(start, weak=False)
+    worker_shutdown.connect(stop, weak=False)
 
 
 def read_worker_health(client: redis.Redis) -> list[WorkerHealth]:
