@@ -211,8 +211,11 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    checks: dict[str, str] = Field(default_factory=dict)
+    status: str = Field(description='/healthz: "ok"; /readyz: "ready", "degraded" or "not ready"')
+    checks: dict[str, str] = Field(
+        default_factory=dict, description="each check's result (with DISCOSEG_API_KEYS set: "
+        "to requests with a key only)"
+    )
 
 
 class ErrorDetail(BaseModel):
