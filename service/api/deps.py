@@ -1,11 +1,13 @@
-"""Typed dependencies of the routes: settings, the model runtime, API keys, the uploaded image."""
+"""Typed dependencies of the routes and what they share: settings, the model runtime, API
+keys, the uploaded image, the seed rule."""
 
 import secrets
 from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, File, Request, UploadFile
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
 from service.core.config import Settings
@@ -14,7 +16,12 @@ from service.imaging import decode_image
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 
-_bearer = HTTPBearer(auto_error=False, description="one of DISCOSEG_API_KEYS, when set")
+# Declares the scheme in OpenAPI; service.api.middleware.ApiKeyMiddleware checks the key, from
+# the headers, before any body is read.
+api_key_scheme = HTTPBearer(auto_error=False, description="one of DISCOSEG_API_KEYS, when set")
+
+# Sampling seeds, on every route that takes one: what torch.Generator.manual_seed accepts.
+SEED_LIMIT = 2**63
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -37,29 +44,29 @@ Model = Annotated[ModelRuntime, Depends(get_runtime)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
-def require_api_key(
-    settings: AppSettings,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """With DISCOSEG_API_KEYS set, a request needs `Authorization: Bearer <one of them>`."""
+def api_key_problem(settings: Settings, authorization: str | None) -> str | None:
+    """None when a request with this `Authorization` header may pass: no DISCOSEG_API_KEYS, or
+    `Bearer <one of them>`; else why not."""
     if not settings.api_keys:
-        return
-    if credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(
-            401, "missing API key: send Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    offered = credentials.credentials.encode()
+        return None
+    scheme, offered = get_authorization_scheme_param(authorization)
+    if scheme.lower() != "bearer" or not offered:
+        return "missing API key: send Authorization: Bearer <key>"
     # Compare with every key, so the time taken does not tell which one nearly matched.
-    matches = [secrets.compare_digest(offered, k.get_secret_value().encode())
+    matches = [secrets.compare_digest(offered.encode(), k.get_secret_value().encode())
                for k in settings.api_keys]
-    if not any(matches):
-        raise ApiError(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return None if any(matches) else "invalid API key"
+
+
+def is_authorized(request: Request) -> bool:
+    """Whether the request may see what DISCOSEG_API_KEYS guards."""
+    settings = request.app.state.settings
+    return api_key_problem(settings, request.headers.get("authorization")) is None
 
 
 async def read_image(
     settings: AppSettings,
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    image: Annotated[UploadFile, File(description="JPEG (MPO), PNG, WebP, BMP or TIFF image")],
 ) -> np.ndarray:
     """The uploaded image as uint8[H, W, 3] RGB; 4xx errors for anything unusable."""
     if image.size is not None and image.size > settings.max_upload_bytes:
