@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.imaging import ImageError
 from service.runtime import InconsistentHints, Overloaded
+from service.schemas import JsonFieldError
 
 logger = logging.getLogger("service.errors")
 
@@ -53,11 +54,16 @@ def error_response(
     )
 
 
+# pydantic's messages that do not say what to do.
+_CLEARER = {"int_parsing_size": "the number has too many digits"}
+
+
 def _validation_message(error: RequestValidationError) -> str:
     parts = []
     for item in error.errors():
         location = ".".join(str(p) for p in item.get("loc", ()) if p != "body")
-        parts.append(f"{location}: {item.get('msg', 'invalid')}" if location else item["msg"])
+        message = _CLEARER.get(item.get("type"), item.get("msg", "invalid"))
+        parts.append(f"{location}: {message}" if location else message)
     return "; ".join(parts) or "invalid request"
 
 
@@ -74,6 +80,10 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _overloaded(request: Request, error: Overloaded) -> JSONResponse:
         headers = {"Retry-After": str(error.retry_after)}
         return error_response(503, "overloaded", str(error), headers)
+
+    @app.exception_handler(JsonFieldError)
+    async def _json_field_error(request: Request, error: JsonFieldError) -> JSONResponse:
+        return error_response(422, error.code, str(error))
 
     @app.exception_handler(InconsistentHints)
     async def _inconsistent(request: Request, error: InconsistentHints) -> JSONResponse:

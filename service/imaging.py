@@ -3,16 +3,18 @@
 `decode_image` turns untrusted bytes into an RGB array or raises an `ImageError` whose status
 says what is wrong: not an image or a truncated one (400), a format we do not read (415), more
 pixels than allowed (413, checked from the header before any pixel is decoded, so a
-decompression bomb costs nothing), or too small to segment (422).
+decompression bomb costs nothing), or too small to segment (422). Multi-picture files (MPO, as
+cameras write them, and multi-page TIFF) are read as their first picture.
 """
 
 import io
 import warnings
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP")
+SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF")
 MIN_SIDE = 16
 # Distinct, saturated colours for instance overlays (one per class, cycling).
 PALETTE = np.array(
@@ -52,11 +54,27 @@ class ImageTooSmall(ImageError):
     code = "image_too_small"
 
 
+def identify_format(file: BinaryIO) -> str | None:
+    """The image format Pillow reads in the file's header (e.g. "PNG", "GIF"), or None when
+    the data is no image Pillow knows. Reads the header only."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            with Image.open(file) as image:
+                return image.format
+        except Image.DecompressionBombError:
+            return None  # an image, but a bomb: decode_image says so with its own message
+        except Exception:  # PIL's header parsers raise many types on data they do not know
+            return None
+
+
 def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
-    """uint8[H, W, 3] RGB pixels of an uploaded JPEG/PNG/WebP/BMP file (EXIF rotation applied).
+    """uint8[H, W, 3] RGB pixels of an uploaded image in one of SUPPORTED_FORMATS (EXIF
+    rotation applied; the first picture of a multi-picture file).
 
     Raises an ImageError subclass (a ValueError) naming the problem.
     """
+    too_many = f"at most {max_pixels} are accepted (DISCOSEG_MAX_IMAGE_PIXELS)"
     if not data:
         raise ImageError("the image file is empty")
     with warnings.catch_warnings():
@@ -64,8 +82,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
             image = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as error:
-            raise ImageTooLarge(f"the image has too many pixels: {error}") from None
+        except Image.DecompressionBombError:
+            # Pillow's own bound, far above ours: its message would quote its limit.
+            raise ImageTooLarge(f"the image has too many pixels; {too_many}") from None
         except UnidentifiedImageError:
             raise ImageError(
                 f"the upload is not an image in a supported format ({', '.join(SUPPORTED_FORMATS)})"
@@ -80,8 +99,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
         width, height = image.size
         if width * height > max_pixels:
             raise ImageTooLarge(
-                f"the image is {width}x{height} = {width * height} pixels; "
-                f"at most {max_pixels} are accepted"
+                f"the image is {width}x{height} = {width * height} pixels; {too_many}"
             )
         try:
             image.load()
@@ -98,6 +116,11 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             "pixels"
         )
     return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def megapixels(image: np.ndarray) -> float:
+    """Pixels of an [H, W, ...] image, in millions: the work unit of model calls."""
+    return image.shape[0] * image.shape[1] / 1e6
 
 
 def overlay_png(

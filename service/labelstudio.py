@@ -136,23 +136,34 @@ def _clip(box: tuple[float, ...], size: tuple[int, int]) -> list[float]:
     return [max(0.0, x0), max(0.0, y0), min(float(width), x1), min(float(height), y1)]
 
 
+def task_operation(hints: TaskHints, known: list[str]) -> str:
+    """The runtime call that predicts a task with these hints: "refine" given clicks,
+    "pseudo_labels" given boxes or tags of `known` labels, else "segment"."""
+    if hints.positive or hints.negative:
+        return "refine"
+    if any(b["label"] in known for b in hints.boxes) or any(t in known for t in hints.tags):
+        return "pseudo_labels"
+    return "segment"
+
+
 def predict_task(runtime: ModelRuntime, image: np.ndarray, hints: TaskHints, known: list[str],
                  k: int) -> list[InstanceSet]:
     """The predictions of one task, best first; TaskError for hints that cannot be used.
 
     known: the hint labels the model has (others were reported and are dropped here).
     """
+    operation = task_operation(hints, known)
     boxes = [b for b in hints.boxes if b["label"] in known]
     tags = sorted({t for t in hints.tags if t in known})
     try:
-        if hints.positive or hints.negative:
+        if operation == "refine":
             box = boxes[0]["bbox"] if len(boxes) == 1 else None
             label = boxes[0]["label"] if len(boxes) == 1 else (tags[0] if len(tags) == 1 else None)
             prompt = PointPrompt.from_lists(hints.positive, hints.negative, box)
             candidates = runtime.refine(image, prompt, k=k, label=label, seed=0)
             # Each candidate is one prediction: alternatives for the one object.
             return [candidates.subset(torch.tensor([i])) for i in range(len(candidates))]
-        if boxes or tags:
+        if operation == "pseudo_labels":
             hint = {"boxes": boxes} if boxes else {"tags": tags}
             return runtime.pseudo_labels(image, k=k, seed=0, **hint)
     except ValueError as error:

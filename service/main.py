@@ -7,15 +7,16 @@ Run with `discoseg serve --model BUNDLE`, or `uvicorn --factory service.main:cre
 (settings from DISCOSEG_* environment variables).
 """
 
-from collections.abc import AsyncIterator, Iterable
+import math
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import anyio
 from fastapi import Depends, FastAPI
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from fastapi.middleware.cors import CORSMiddleware
 
-from service.api.deps import require_api_key
+from service.api.deps import api_key_scheme
+from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
 from service.api.routes import (
     health,
     jobs,
@@ -27,47 +28,20 @@ from service.api.routes import (
     segment,
 )
 from service.core.config import Settings, get_settings
-from service.errors import error_response, install_error_handlers
+from service.errors import install_error_handlers
 from service.jobs import create_backend
 from service.metrics import Metrics, MetricsMiddleware
 from service.runtime import ModelRuntime
 
-# Room for the form fields and multipart framing that travel with an image.
+# Room for the form fields and multipart framing that travel with the files; the whole body
+# of a route without files.
 FORM_ALLOWANCE_BYTES = 1 << 20
-UPLOAD_PATHS = ("/v1/segment", "/v1/pseudo-labels", "/v1/refine")
 
 
-class UploadLimitMiddleware:
-    """Refuses bodies over `limit` bytes on `paths` with a JSON 413: at once when the declared
-    Content-Length is too large, else as soon as the streamed body passes the limit, so an
-    oversized upload is never read to its end."""
-
-    def __init__(self, app: ASGIApp, paths: Iterable[str], limit: int) -> None:
-        self.app = app
-        self.paths = frozenset(paths)
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] not in self.paths:
-            await self.app(scope, receive, send)
-            return
-        message = f"the request body exceeds {self.limit} bytes"
-        declared = dict(scope["headers"]).get(b"content-length", b"")
-        if declared.isdigit() and int(declared) > self.limit:
-            await error_response(413, "payload_too_large", message)(scope, receive, send)
-            return
-        received = 0
-
-        async def receive_limited() -> Message:
-            nonlocal received
-            incoming = await receive()
-            received += len(incoming.get("body", b""))
-            if received > self.limit:
-                # FastAPI passes HTTPExceptions raised while reading the body to the handlers.
-                raise StarletteHTTPException(413, message)
-            return incoming
-
-        await self.app(scope, receive_limited, send)
+def guarded_by_api_key(path: str) -> bool:
+    """The API, the Label Studio backend and the metrics need a key when DISCOSEG_API_KEYS is
+    set; the page, the probes' status and the docs do not."""
+    return path.startswith(("/v1/", "/ls/")) or path == "/metrics"
 
 
 def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None = None) -> FastAPI:
@@ -110,23 +84,38 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     app.state.jobs = None
     install_error_handlers(app)
 
-    # Every /v1 route needs an API key when DISCOSEG_API_KEYS is set; probes and docs do not.
-    v1 = {"prefix": "/v1", "dependencies": [Depends(require_api_key)]}
+    v1 = {"prefix": "/v1", "dependencies": [Depends(api_key_scheme)]}
     app.include_router(segment.router, **v1)
     app.include_router(pseudo_labels.router, **v1)
     app.include_router(refine.router, **v1)
     app.include_router(models.router, **v1)
     app.include_router(jobs.router, **v1)
-    # Label Studio sends Basic auth (its ML backend settings) or nothing: see require_api_key.
-    app.include_router(labelstudio.router, prefix="/ls", dependencies=[Depends(require_api_key)])
+    # Label Studio authenticates with Basic auth (its ML backend settings), the key as password.
+    app.include_router(labelstudio.router, prefix="/ls", dependencies=[Depends(api_key_scheme)])
     app.include_router(health.router)
     app.include_router(page.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
 
+    # Added innermost first: a request meets the metrics, CORS, the origin check, the API key
+    # check and then the body limit.
+    upload_limit = settings.max_upload_bytes + FORM_ALLOWANCE_BYTES
+    # Label Studio posts JSON tasks, whose image may travel inline as a base64 data: URL.
+    label_studio_limit = math.ceil(settings.max_upload_bytes * 4 / 3) + FORM_ALLOWANCE_BYTES
     app.add_middleware(
-        UploadLimitMiddleware,
-        paths=UPLOAD_PATHS,
-        limit=settings.max_upload_bytes + FORM_ALLOWANCE_BYTES,
+        BodyLimitMiddleware,
+        limits={"/v1/segment": upload_limit, "/v1/pseudo-labels": upload_limit,
+                "/v1/refine": upload_limit,
+                "/v1/jobs": settings.max_job_bytes + FORM_ALLOWANCE_BYTES,
+                "/ls/predict": label_studio_limit, "/ls/webhook": label_studio_limit},
+        default=FORM_ALLOWANCE_BYTES,
     )
+    app.add_middleware(ApiKeyMiddleware, settings=settings, guarded=guarded_by_api_key)
+    app.add_middleware(SameOriginMiddleware, allowed=settings.cors_origins)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization"],
+            expose_headers=["Location", "Retry-After", segment.MODEL_HEADER],
+        )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts all
     return app

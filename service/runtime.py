@@ -3,6 +3,8 @@
 Model calls run in one dedicated worker thread, never on the event loop. A call is admitted
 only while fewer than `max_inflight` calls are queued or running; beyond that `submit` raises
 `Overloaded` at once (the API answers 503 + Retry-After) instead of queueing without bound.
+Retry-After is the expected time until the calls queued and running are done, each expected
+from its operation's measured seconds per unit of work (e.g. megapixels times samples).
 One thread, because on a CPU the networks already use every core through torch's intra-op
 threads, and on a GPU calls serialise on the device anyway.
 
@@ -20,6 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
@@ -48,6 +51,51 @@ class Overloaded(RuntimeError):
     def __init__(self, limit: int, retry_after: int) -> None:
         super().__init__(f"the model is busy ({limit} calls queued or running); retry later")
         self.retry_after = retry_after
+
+
+class CallEstimates:
+    """Expected durations of model calls, and the calls queued or running.
+
+    Per operation, seconds per unit of work is a running average of finished calls (an
+    operation not seen yet borrows the mean of the others, or 1 s per unit). Not thread-safe:
+    the runtime guards it with its lock.
+    """
+
+    def __init__(self) -> None:
+        self._seconds_per_unit: dict[str, float] = {}
+        self._calls: dict[int, tuple[str, float, float | None]] = {}  # operation, units, start
+        self._next_id = 0
+
+    def expected_s(self, operation: str, units: float) -> float:
+        rates = self._seconds_per_unit
+        default = sum(rates.values()) / len(rates) if rates else 1.0
+        return rates.get(operation, default) * units
+
+    def add(self, operation: str, units: float) -> int:
+        """Register a queued call; returns its id."""
+        self._next_id += 1
+        self._calls[self._next_id] = (operation, units, None)
+        return self._next_id
+
+    def start(self, call: int, now: float) -> None:
+        operation, units, _ = self._calls[call]
+        self._calls[call] = (operation, units, now)
+
+    def finish(self, call: int, now: float) -> None:
+        """The call ended (or was dropped before it started); a run call updates its rate."""
+        operation, units, started = self._calls.pop(call)
+        if started is not None and units > 0:
+            rate = (now - started) / units
+            previous = self._seconds_per_unit.get(operation, rate)
+            self._seconds_per_unit[operation] = 0.8 * previous + 0.2 * rate
+
+    def remaining_s(self, now: float) -> float:
+        """Expected seconds until every call queued or running is done."""
+        total = 0.0
+        for operation, units, started in self._calls.values():
+            expected = self.expected_s(operation, units)
+            total += expected if started is None else max(0.0, expected - (now - started))
+        return total
 
 
 class InconsistentHints(ValueError):
@@ -135,7 +183,7 @@ class ModelRuntime:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-model")
         self._inflight = 0
         self._lock = threading.Lock()
-        self._mean_call_s = 1.0
+        self._estimates = CallEstimates()
 
     @classmethod
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> "ModelRuntime":
@@ -170,29 +218,35 @@ class ModelRuntime:
         """One small prediction, so the first request does not pay for lazy initialisation."""
         self.segment(np.zeros((64, 64, 3), dtype=np.uint8), score_threshold=1.0)
 
-    async def submit(self, function: Callable[..., T], *args: object) -> T:
-        """Run `function(*args)` on the model thread; raise Overloaded when the queue is full."""
+    async def submit(
+        self, function: Callable[..., T], *args: object, operation: str, units: float
+    ) -> T:
+        """Run `function(*args)` on the model thread; raise Overloaded when the queue is full.
+
+        operation, units: what the call is and how much work it is (e.g. megapixels), from
+        which its duration is expected for Retry-After.
+        """
         with self._lock:
             if self._inflight >= self.max_inflight:
-                retry_after = max(1, math.ceil(self._mean_call_s * self._inflight))
-                raise Overloaded(self.max_inflight, retry_after)
+                retry_after = math.ceil(self._estimates.remaining_s(time.monotonic()))
+                raise Overloaded(self.max_inflight, max(1, retry_after))
             self._inflight += 1
             self.metrics.model_calls_in_flight.set(self._inflight)
-        future = self._executor.submit(self._timed, function, *args)
+            call = self._estimates.add(operation, units)
+        future = self._executor.submit(self._timed, call, function, *args)
         # Released when the call ends or is cancelled before it starts (client gone).
-        future.add_done_callback(self._release)
+        future.add_done_callback(partial(self._release, call))
         return await asyncio.wrap_future(future)
 
-    def _timed(self, function: Callable[..., T], *args: object) -> T:
-        start = time.perf_counter()
-        try:
-            return function(*args)
-        finally:
-            self._mean_call_s = 0.8 * self._mean_call_s + 0.2 * (time.perf_counter() - start)
+    def _timed(self, call: int, function: Callable[..., T], *args: object) -> T:
+        with self._lock:
+            self._estimates.start(call, time.monotonic())
+        return function(*args)
 
-    def _release(self, _: Future) -> None:
+    def _release(self, call: int, _: Future) -> None:
         with self._lock:
             self._inflight -= 1
+            self._estimates.finish(call, time.monotonic())
             self.metrics.model_calls_in_flight.set(self._inflight)
 
     def close(self) -> None:

@@ -1,8 +1,24 @@
-"""Request and response bodies of the HTTP API; masks travel as COCO RLE (pycocotools)."""
+"""Request and response bodies of the HTTP API; masks travel as COCO RLE (pycocotools).
+
+Client JSON (the `tags`, `boxes` and `annotations` form fields, the points, box and mask of a
+refinement, COCO uploads) is read by one validating parser, `parse_json`, into the models here:
+whatever is wrong with it (syntax, depth, numbers beyond 64 bits, wrong types, NUL bytes in file
+names) becomes a JsonFieldError naming the field, which the API answers with a 422.
+"""
+
+from typing import Annotated, TypeVar
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from pydantic import BaseModel, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    model_validator,
+)
 
 from models.structures import InstanceSet
 
@@ -105,13 +121,191 @@ class LabelStudioPredictResponse(BaseModel):
     )
 
 
+# Client JSON is read strictly (no "1" for 1, no true for 1) and without NaN or infinity.
+_CLIENT_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
+_COCO_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+
+Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
+Bbox = Annotated[list[float], Field(min_length=4, max_length=4)]
+
+
+def _no_nul(text: str) -> str:
+    if "\0" in text:
+        raise ValueError("must not contain NUL bytes")
+    return text
+
+
+FileName = Annotated[str, Field(max_length=4096), AfterValidator(_no_nul)]
+
+
 class BoxHint(BaseModel):
     """One element of the `boxes` form field (a JSON list of these)."""
 
+    model_config = _CLIENT_JSON
+
     label: str = Field(description="class name")
-    bbox: list[float] = Field(
-        description="[x0, y0, x1, y1] in pixels inside the image", min_length=4, max_length=4
+    bbox: Bbox = Field(description="[x0, y0, x1, y1] in pixels inside the image")
+
+
+TagHints = TypeAdapter(list[str])
+BoxHints = TypeAdapter(list[BoxHint])
+
+
+class ImageHints(BaseModel):
+    """One image's entry of a job's `annotations` form field: its tags or its boxes."""
+
+    model_config = _CLIENT_JSON
+
+    tags: list[str] | None = None
+    boxes: list[BoxHint] | None = None
+
+
+JobAnnotations = TypeAdapter(dict[FileName, ImageHints])
+
+
+class CocoImage(BaseModel):
+    model_config = _COCO_JSON
+
+    id: Int64
+    file_name: FileName
+
+
+class CocoCategory(BaseModel):
+    model_config = _COCO_JSON
+
+    id: Int64
+    name: str
+
+
+class CocoAnnotation(BaseModel):
+    model_config = _COCO_JSON
+
+    id: Int64 | None = None
+    image_id: Int64
+    category_id: Int64
+    bbox: Bbox | None = Field(None, description="[x, y, width, height] in pixels")
+
+
+class CocoImages(BaseModel):
+    """The subset of a COCO annotation file a job without hints reads."""
+
+    model_config = _COCO_JSON
+
+    images: list[CocoImage] = Field(min_length=1)
+
+
+class CocoFile(CocoImages):
+    """The subset of a COCO annotation file a job with hints reads."""
+
+    categories: list[CocoCategory]
+    annotations: list[CocoAnnotation]
+
+
+# Point refinement: the `positive`, `negative`, `box` and `mask` form fields of /v1/refine.
+MAX_POINTS = 100
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+PointHints = TypeAdapter(
+    Annotated[list[Point], Field(max_length=MAX_POINTS)], config=_CLIENT_JSON
+)
+BoxPrompt = TypeAdapter(Bbox, config=_CLIENT_JSON)
+
+
+class MaskHint(BaseModel):
+    """The mask being corrected: COCO compressed RLE whose runs cover exactly [H, W]."""
+
+    model_config = _CLIENT_JSON
+
+    size: list[Annotated[int, Field(ge=1, lt=2**31)]] = Field(
+        min_length=2, max_length=2, description="[height, width] in pixels"
     )
+    counts: str = Field(description="compressed RLE counts (pycocotools' string form)")
+
+    @model_validator(mode="after")
+    def _runs_cover_the_size(self) -> "MaskHint":
+        # pycocotools decodes runs that cover less than the size into uninitialised memory.
+        runs = _rle_runs(self.counts)
+        height, width = self.size
+        if sum(runs) != height * width:
+            raise ValueError(
+                f"the counts cover {sum(runs)} pixels, the size {height}x{width} {height * width}"
+            )
+        return self
+
+
+def _rle_runs(counts: str) -> list[int]:
+    """The run lengths of pycocotools' string RLE: each run is 5-bit groups (character - 48,
+    low bits first, 0x20 set while more follow, 0x10 the sign of the last), a run from the
+    third on stored as its difference to the run two before."""
+    runs: list[int] = []
+    value, shift = 0, 0
+    for character in counts:
+        group = ord(character) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"the counts hold {character!r}, not an RLE character")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise ValueError("the counts hold a negative run")
+        runs.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise ValueError("the counts end inside a run")
+    return runs
+
+
+class JsonFieldError(ValueError):
+    """Client JSON that cannot be used. field: the form field or file; code: the error code
+    the API answers with (a 422)."""
+
+    def __init__(self, field: str, message: str, code: str = "validation_error") -> None:
+        super().__init__(message)
+        self.field = field
+        self.code = code
+
+
+M = TypeVar("M")
+
+
+def parse_json(
+    schema: type[M] | TypeAdapter, data: str | bytes, field: str,
+    code: str = "validation_error",
+) -> M:
+    """`data` (client JSON of `field`) validated as `schema` (a model or a TypeAdapter);
+    raises JsonFieldError naming the field and the place inside it."""
+    adapter = schema if isinstance(schema, TypeAdapter) else TypeAdapter(schema)
+    try:
+        return adapter.validate_json(data)
+    except ValidationError as error:
+        problems = [f"{field}{_json_path(e['loc'])}: {_readable(e['msg'])}"
+                    for e in error.errors()]
+        shown = "; ".join(problems[:3]) + ("; ..." if len(problems) > 3 else "")
+        raise JsonFieldError(field, shown, code) from None
+
+
+def _json_path(location: tuple) -> str:
+    """A location inside JSON as `[3].bbox[1]` or `['a.png'].tags`."""
+    parts = []
+    for part in location:
+        if isinstance(part, int):
+            parts.append(f"[{part}]")
+        elif str(part).isidentifier():
+            parts.append(f".{part}")
+        else:
+            parts.append(f"[{str(part)!r}]")
+    return "".join(parts)
+
+
+def _readable(message: str) -> str:
+    message = message.removeprefix("Value error, ")
+    if "number out of range" in message:
+        message += " (a number with too many digits)"
+    return message
 
 
 class ModelInfo(BaseModel):
@@ -124,8 +318,11 @@ class ModelInfo(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
-    checks: dict[str, str] = Field(default_factory=dict)
+    status: str = Field(description='/healthz: "ok"; /readyz: "ready", "degraded" or "not ready"')
+    checks: dict[str, str] = Field(
+        default_factory=dict, description="each check's result (with DISCOSEG_API_KEYS set: "
+        "to requests with a key only)"
+    )
 
 
 class ErrorDetail(BaseModel):

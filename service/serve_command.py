@@ -26,12 +26,12 @@ def serve(
     """
     # Imported here so that other subcommands do not pay for torch and the web stack.
     import uvicorn
-    from pydantic import ValidationError
 
     from models.bundle import BundleError
-    from service.core.config import Settings
+    from service.core.config import InvalidSettings, load_settings
     from service.main import create_app
     from service.runtime import DeviceError, ModelRuntime
+    from training.errors import fail
 
     overrides: dict[str, object] = {}
     if model is not None:
@@ -39,13 +39,10 @@ def serve(
     if device is not None:
         overrides["device"] = device
     try:
-        settings = Settings(**overrides)
+        settings = load_settings(**overrides)
         runtime = ModelRuntime.load(settings)
-    except ValidationError as error:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        _fail(f"invalid settings: {problems}")
-    except (FileNotFoundError, BundleError, DeviceError) as error:
-        _fail(str(error))
+    except (InvalidSettings, FileNotFoundError, BundleError, DeviceError) as error:
+        fail(str(error))
     typer.echo(f"serving {runtime.version} on {runtime.device} at http://{host}:{port}")
     uvicorn.run(
         lambda: create_app(settings, runtime=runtime),
@@ -55,9 +52,3 @@ def serve(
         log_level=log_level,
     )
     runtime.close()
-
-
-def _fail(message: str) -> None:
-    first_line = message.strip().splitlines()[0] if message.strip() else "unknown error"
-    typer.echo(f"error: {first_line}", err=True)
-    raise typer.Exit(code=2)

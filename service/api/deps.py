@@ -1,4 +1,5 @@
-"""Typed dependencies of the routes: settings, the model runtime, API keys, the uploaded image."""
+"""Typed dependencies of the routes and what they share: settings, the model runtime, API
+keys, the uploaded image, the seed rule."""
 
 import base64
 import binascii
@@ -7,7 +8,8 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import Depends, File, Request, UploadFile
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 from starlette.concurrency import run_in_threadpool
 
 from service.core.config import Settings
@@ -16,7 +18,12 @@ from service.imaging import decode_image
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
 
-_bearer = HTTPBearer(auto_error=False, description="one of DISCOSEG_API_KEYS, when set")
+# Declares the scheme in OpenAPI; service.api.middleware.ApiKeyMiddleware checks the key, from
+# the headers, before any body is read.
+api_key_scheme = HTTPBearer(auto_error=False, description="one of DISCOSEG_API_KEYS, when set")
+
+# Sampling seeds, on every route that takes one: what torch.Generator.manual_seed accepts.
+SEED_LIMIT = 2**63
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -39,48 +46,44 @@ Model = Annotated[ModelRuntime, Depends(get_runtime)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
-def _basic_password(request: Request) -> str | None:
-    """The password of `Authorization: Basic ...` (how Label Studio authenticates to an ML
-    backend), or None."""
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+def api_key_problem(settings: Settings, authorization: str | None) -> str | None:
+    """None when a request with this `Authorization` header may pass: no DISCOSEG_API_KEYS,
+    `Bearer <one of them>`, or Basic auth whose password is one of them (how Label Studio
+    authenticates to an ML backend); else why not."""
+    if not settings.api_keys:
+        return None
+    offered = _offered_key(authorization)
+    if offered is None:
+        return "missing API key: send Authorization: Bearer <key>"
+    # Compare with every key, so the time taken does not tell which one nearly matched.
+    matches = [secrets.compare_digest(offered.encode(), k.get_secret_value().encode())
+               for k in settings.api_keys]
+    return None if any(matches) else "invalid API key"
+
+
+def _offered_key(authorization: str | None) -> str | None:
+    """The key of `Bearer <key>`, or the password of `Basic base64(user:password)`, or None."""
+    scheme, value = get_authorization_scheme_param(authorization)
+    if scheme.lower() == "bearer":
+        return value or None
     if scheme.lower() != "basic":
         return None
     try:
-        decoded = base64.b64decode(value.strip(), validate=True).decode()
+        decoded = base64.b64decode(value, validate=True).decode()
     except (binascii.Error, UnicodeDecodeError):
         return None
-    return decoded.partition(":")[2]
+    return decoded.partition(":")[2] or None
 
 
-def require_api_key(
-    settings: AppSettings,
-    request: Request,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> None:
-    """With DISCOSEG_API_KEYS set, a request needs `Authorization: Bearer <one of them>` (or
-    Basic auth whose password is one of them)."""
-    if not settings.api_keys:
-        return
-    password = _basic_password(request)
-    if password is not None:
-        offered = password.encode()
-    elif credentials is None or credentials.scheme.lower() != "bearer":
-        raise ApiError(
-            401, "missing API key: send Authorization: Bearer <key>",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-    else:
-        offered = credentials.credentials.encode()
-    # Compare with every key, so the time taken does not tell which one nearly matched.
-    matches = [secrets.compare_digest(offered, k.get_secret_value().encode())
-               for k in settings.api_keys]
-    if not any(matches):
-        raise ApiError(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+def is_authorized(request: Request) -> bool:
+    """Whether the request may see what DISCOSEG_API_KEYS guards."""
+    settings = request.app.state.settings
+    return api_key_problem(settings, request.headers.get("authorization")) is None
 
 
 async def read_image(
     settings: AppSettings,
-    image: Annotated[UploadFile, File(description="JPEG, PNG, WebP or BMP image")],
+    image: Annotated[UploadFile, File(description="JPEG (MPO), PNG, WebP, BMP or TIFF image")],
 ) -> np.ndarray:
     """The uploaded image as uint8[H, W, 3] RGB; 4xx errors for anything unusable."""
     if image.size is not None and image.size > settings.max_upload_bytes:
@@ -95,3 +98,4 @@ async def read_image(
 
 
 UploadedImage = Annotated[np.ndarray, Depends(read_image)]
+

@@ -1,17 +1,24 @@
 """Service settings: environment variables with the prefix DISCOSEG_ (pydantic-settings)."""
 
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+ENV_PREFIX = "DISCOSEG_"
+
+
+class InvalidSettings(ValueError):
+    """A setting that cannot be used; the message is one line naming the variable."""
 
 
 class Settings(BaseSettings):
     """Every field is read from DISCOSEG_<FIELD NAME>; the README lists them with defaults."""
 
-    model_config = SettingsConfigDict(env_prefix="DISCOSEG_", env_file=None, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=None, extra="ignore")
 
     model_path: Path = Field(
         default=Path(".cache/demo/model.pt"), description="the model bundle to serve"
@@ -23,6 +30,11 @@ class Settings(BaseSettings):
         default_factory=list,
         description="accepted bearer tokens (JSON list); empty: no authentication",
     )
+    cors_origins: list[str] = Field(
+        default_factory=list,
+        description="origins (scheme://host[:port], JSON list) whose pages may call the API; "
+        "empty: same-origin only",
+    )
 
     # Limits on what a request may ask for.
     max_upload_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
@@ -30,6 +42,10 @@ class Settings(BaseSettings):
     max_boxes: int = Field(default=100, gt=0)
     max_k: int = Field(default=32, ge=1)
     max_files_per_job: int = Field(default=1000, gt=0)
+    max_job_bytes: int = Field(
+        default=4 * 2**30, gt=0,
+        description="a job's files once staged (zip members unpacked), and its request body",
+    )
     max_inflight: int = Field(
         default=8, gt=0, description="model calls queued or running before 503 + Retry-After"
     )
@@ -79,6 +95,11 @@ class Settings(BaseSettings):
         default=3, ge=1, description="predictions per task when the task has hints (samples)"
     )
 
+    @property
+    def redelivery_timeout_s(self) -> int:
+        """After this long a chunk whose worker vanished is delivered again."""
+        return self.job_redelivery_timeout_s or self.job_chunk_time_limit_s + 60
+
     @field_validator("api_keys")
     @classmethod
     def _refuse_weak_keys(cls, keys: list[SecretStr]) -> list[SecretStr]:
@@ -88,6 +109,28 @@ class Settings(BaseSettings):
         return keys
 
 
+def load_settings(**overrides: object) -> Settings:
+    """Settings from the environment, `overrides` taking precedence; raises InvalidSettings
+    with one line naming each bad variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{name} ({ENV_PREFIX}{name.upper()}): {e['msg'].removeprefix('Value error, ')}"
+            for e in error.errors()
+            for name in ['.'.join(map(str, e["loc"]))]
+        )
+        raise InvalidSettings(f"invalid settings: {problems}") from None
+    except SettingsError as error:
+        # pydantic-settings names the field, not the variable: 'error parsing value for
+        # field "api_keys" from source "EnvSettingsSource"'.
+        field = re.search(r'field "(\w+)"', str(error))
+        name = f"{ENV_PREFIX}{field.group(1).upper()}" if field else "a DISCOSEG_ variable"
+        raise InvalidSettings(
+            f'invalid settings: {name} is not valid JSON (a list is written ["a", "b"])'
+        ) from None
+
+
 @lru_cache
 def get_settings() -> Settings:
-    return Settings()
+    return load_settings()

@@ -10,16 +10,23 @@ after it finished. The first successful result download marks it fetched and bri
 forward to at most job_fetched_ttl_s later, so a client may download again (a dropped
 connection) but results do not pile up. Expired jobs answer 404 and a background sweep deletes
 their files.
+
+Nothing is stuck: a chunk whose message the broker lost (Redis failing between a chunk's
+delivery and its end) is found by `recover_lost_chunks` once its job shows no sign of life for
+the redelivery timeout, and dispatched again; after MAX_REDISPATCHES losses its images are
+recorded as failed, with the reason, so the job finishes.
 """
 
 import logging
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 
 from prometheus_client import Gauge
 
 from service.core.config import Settings
+from service.jobs.chunks import ChunkContext, fail_images
 from service.jobs.model import ImageItem, JobRecord, JobSpec, JobState, LabelOptions
 from service.jobs.state import ACTIVE, JobBackendUnavailable, JobStates
 from service.jobs.store import ResultStore
@@ -29,6 +36,7 @@ logger = logging.getLogger(__name__)
 _ORPHAN_GRACE_S = 3600.0  # a job folder without a state record is a submission in progress
 _GAUGE_INTERVAL_S = 5.0
 _SWEEP_INTERVAL_S = 60.0
+MAX_REDISPATCHES = 3
 
 
 class JobNotFinished(RuntimeError):
@@ -46,6 +54,8 @@ class JobBackend:
         self.settings = settings
         self.states = states
         self.store = store
+        self.context = ChunkContext(store=store, states=states, data_root=settings.data_root,
+                                    max_image_pixels=settings.max_image_pixels)
         self._stop = threading.Event()
         self._maintenance: threading.Thread | None = None
 
@@ -91,22 +101,31 @@ class JobBackend:
         return result
 
     def cancel(self, job_id: str) -> JobRecord | None:
-        """Cancel a queued or running job: its pending chunks do not run and a running chunk
-        stops before its next image. A finished job is deleted with its results instead."""
-        if self.status(job_id) is None:
+        """Cancel a queued or running job: its pending chunks do not run, a running chunk
+        stops before its next image, and its inputs are deleted. A finished job (a cancelled
+        one included) is deleted with its results instead, and None returned."""
+        found = self.status(job_id)
+        if found is None:
             return None
-        record = self.states.cancel(job_id)
-        if record is not None and record.state != JobState.CANCELLED:
-            self._forget(job_id)
-        return record
+        if found[0].state in ACTIVE:
+            record = self.states.cancel(job_id)
+            if record is not None and record.state == JobState.CANCELLED:
+                self.store.delete_inputs(job_id)
+                return record
+        self._forget(job_id)
+        return None
 
     def sweep(self) -> int:
         """Delete expired jobs and abandoned job folders; returns how many were deleted."""
         now, deleted = time.time(), 0
         for job_id in self.store.job_ids():
             record = self.states.get(job_id)
-            spec_path = self.store.job_dir(job_id) / "spec.json"
-            age = now - (spec_path.stat().st_mtime if spec_path.exists() else now)
+            job_dir = self.store.job_dir(job_id)
+            spec_path = job_dir / "spec.json"
+            try:
+                age = now - (spec_path if spec_path.exists() else job_dir).stat().st_mtime
+            except FileNotFoundError:  # deleted meanwhile
+                continue
             expired = record is not None and record.expires_at is not None \
                 and record.expires_at < now
             if expired or (record is None and age > _ORPHAN_GRACE_S):
@@ -114,8 +133,40 @@ class JobBackend:
                 deleted += 1
         return deleted
 
+    def recover_lost_chunks(self) -> int:
+        """Dispatch again the chunks of active jobs that are neither finished nor held by the
+        executor (lost), once their job shows no sign of life for the redelivery timeout; a job
+        that lost chunks MAX_REDISPATCHES times gets their images recorded as failed instead.
+        Returns how many chunks were dispatched again or failed."""
+        now, held, count = time.time(), None, 0
+        for job_id in self.store.job_ids():
+            record = self.states.get(job_id)
+            if (record is None or record.state not in ACTIVE
+                    or now - record.active_at < self.settings.redelivery_timeout_s):
+                continue
+            spec = self.store.read_spec(job_id)
+            if spec is None:
+                continue
+            if held is None:  # before `done`: a chunk finishing in between is not "lost"
+                held = self.chunks_held()
+            done = self.states.done_indices(job_id)
+            lost = [c for c in spec.unfinished_chunks(done) if (job_id, c) not in held]
+            if not lost or not self.states.claim_redispatch(job_id, record.active_at):
+                continue
+            count += len(lost)
+            if record.redispatches >= MAX_REDISPATCHES:
+                reason = (f"the chunk holding this image was lost {record.redispatches + 1} "
+                          "times (the job queue failed each time); submit the image again")
+                items = [item for c in lost for item in spec.chunk(c) if item.index not in done]
+                fail_images(self.context, job_id, items, reason)
+            else:
+                logger.warning("job %s: chunks %s were lost; dispatching them again", job_id, lost)
+                self.dispatch_chunks(job_id, lost)
+        return count
+
     def start(self, queue_depth: Gauge | None = None) -> None:
-        """Start the maintenance thread: queue depth gauge and the expiry sweep."""
+        """Start the maintenance thread: queue depth gauge, the expiry sweep and the recovery
+        of lost chunks."""
         self._stop.clear()
         self._maintenance = threading.Thread(
             target=self._maintain, args=(queue_depth,), name=f"discoseg-jobs-{self.name}",
@@ -134,11 +185,23 @@ class JobBackend:
         self.states.ping()
 
     def dispatch(self, spec: JobSpec) -> None:
+        self.dispatch_chunks(spec.job_id, range(spec.num_chunks))
+
+    def dispatch_chunks(self, job_id: str, chunks: Iterable[int]) -> None:
+        raise NotImplementedError
+
+    def chunks_held(self) -> set[tuple[str, int]]:
+        """(job id, chunk) of every chunk waiting or running in the executor."""
         raise NotImplementedError
 
     def queue_depth(self) -> int:
         """Chunks waiting to run (not counting those running)."""
         raise NotImplementedError
+
+    def workers_check(self) -> str | None:
+        """"ok", or what keeps the workers from running chunks; None where chunks run in the
+        API process itself."""
+        return None
 
     def _forget(self, job_id: str) -> None:
         try:
@@ -154,6 +217,7 @@ class JobBackend:
                     queue_depth.set(self.queue_depth())
                 if time.monotonic() >= next_sweep:
                     self.sweep()
+                    self.recover_lost_chunks()
                     next_sweep = time.monotonic() + _SWEEP_INTERVAL_S
             except JobBackendUnavailable as error:
                 logger.warning("job maintenance skipped: %s", error)

@@ -9,15 +9,15 @@ Cancelled jobs' pending chunks are skipped when their turn comes.
 
 import logging
 import threading
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client import Gauge
 
 from service.core.config import Settings
 from service.jobs.backend import JobBackend
-from service.jobs.chunks import ChunkContext, LabelingRuntime, run_chunk
-from service.jobs.model import JobSpec
+from service.jobs.chunks import LabelingRuntime, run_chunk
 from service.jobs.state import ACTIVE, FileJobStates
 from service.jobs.store import ResultStore
 
@@ -30,27 +30,23 @@ class EmbeddedBackend(JobBackend):
     def __init__(self, settings: Settings, runtime: Callable[[], LabelingRuntime]) -> None:
         store = ResultStore(settings.job_store)
         store.root.mkdir(parents=True, exist_ok=True)
-        self.file_states = FileJobStates(store, settings.job_result_ttl_s)
-        super().__init__(settings, self.file_states, store)
+        super().__init__(settings, FileJobStates(store, settings.job_result_ttl_s), store)
         self.runtime = runtime
-        self.context = ChunkContext(store=store, states=self.file_states,
-                                    data_root=settings.data_root,
-                                    max_image_pixels=settings.max_image_pixels)
         self._executor: ThreadPoolExecutor | None = None
-        self._pending = 0
+        self._waiting: Counter[tuple[str, int]] = Counter()
+        self._running: Counter[tuple[str, int]] = Counter()
         self._lock = threading.Lock()
 
     def start(self, queue_depth: Gauge | None = None) -> None:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-jobs")
         for job_id in self.store.job_ids():
-            record, done = self.file_states.load(job_id)
+            record = self.states.get(job_id)
             spec = self.store.read_spec(job_id)
             if record is None or spec is None or record.state not in ACTIVE:
                 continue
-            unfinished = [c for c in range(spec.num_chunks)
-                          if any(item.index not in done for item in spec.chunk(c))]
+            unfinished = spec.unfinished_chunks(self.states.done_indices(job_id))
             logger.info("resuming job %s: %d chunk(s) left", job_id, len(unfinished))
-            self._submit_chunks(job_id, unfinished)
+            self.dispatch_chunks(job_id, unfinished)
         super().start(queue_depth)
 
     def stop(self) -> None:
@@ -59,24 +55,31 @@ class EmbeddedBackend(JobBackend):
             self._executor.shutdown(wait=True, cancel_futures=True)
             self._executor = None
 
-    def dispatch(self, spec: JobSpec) -> None:
-        self._submit_chunks(spec.job_id, range(spec.num_chunks))
-
-    def queue_depth(self) -> int:
-        return self._pending
-
-    def _submit_chunks(self, job_id: str, chunks) -> None:
+    def dispatch_chunks(self, job_id: str, chunks: Iterable[int]) -> None:
         if self._executor is None:
             raise RuntimeError("the embedded job backend is not started")
         for chunk in chunks:
             with self._lock:
-                self._pending += 1
+                self._waiting[(job_id, chunk)] += 1
             self._executor.submit(self._run, job_id, chunk)
 
-    def _run(self, job_id: str, chunk: int) -> None:
+    def chunks_held(self) -> set[tuple[str, int]]:
         with self._lock:
-            self._pending -= 1
+            return set(self._waiting) | set(self._running)
+
+    def queue_depth(self) -> int:
+        with self._lock:
+            return self._waiting.total()
+
+    def _run(self, job_id: str, chunk: int) -> None:
+        key = (job_id, chunk)
+        with self._lock:
+            self._waiting -= Counter([key])
+            self._running[key] += 1
         try:
             run_chunk(self.context, self.runtime(), job_id, chunk)
         except Exception:
             logger.exception("job %s chunk %d failed", job_id, chunk)
+        finally:
+            with self._lock:
+                self._running -= Counter([key])

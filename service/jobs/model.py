@@ -86,6 +86,11 @@ class JobSpec:
         start = chunk_index * self.chunk_size
         return self.items[start : start + self.chunk_size]
 
+    def unfinished_chunks(self, done: set[int]) -> list[int]:
+        """The chunks with an image whose index is not in `done`."""
+        return [c for c in range(self.num_chunks)
+                if any(item.index not in done for item in self.chunk(c))]
+
     def as_dict(self) -> dict:
         return asdict(self)
 
@@ -107,6 +112,9 @@ class JobRecord:
     done: images finished (labeled or failed), each counted once however often it ran.
     errors: image index -> why that image failed.
     expires_at: when the job and its results are deleted (None while it is not finished).
+    active_at: the job's last sign of life: submitted, a chunk started, an image recorded or
+        lost chunks dispatched again.
+    redispatches: how often chunks of the job were found lost and dispatched again.
     """
 
     job_id: str
@@ -119,3 +127,5 @@ class JobRecord:
     finished_at: float | None = None
     fetched_at: float | None = None
     expires_at: float | None = None
+    active_at: float = 0.0
+    redispatches: int = 0

@@ -2,25 +2,43 @@
 whose images lie under the server-side data root) into the job's list of `ImageItem`s.
 
 Uploaded images are copied to the job's input folder under new names (`<index><suffix>`), so
-no name from a request ever becomes a path. COCO file names are resolved under data_root and
-refused when they leave it (absolute paths, `..`, symlinks pointing outside); they are checked
-again where a worker reads them. Refusals raise `StagingError` (a ValueError) with a code the
-API turns into a 4xx; a problem with one image only (a missing file, a hint naming an unknown
-category) is recorded as that image's error instead.
+no name from a request ever becomes a path. What is staged is bounded: each file, the job's
+files together (zip members unpacked) and each zip member's compression ratio, counted while
+copying (a zip's declared sizes may lie). A file whose header names an image format the
+service does not read is refused at once (415). COCO file names are resolved under data_root
+and refused when they leave it (absolute paths, `..`, symlinks pointing outside); they are
+checked again where a worker reads them. Client JSON goes through service.schemas.parse_json.
+Refusals raise `StagingError` (a ValueError) with a code the API turns into a 4xx; a problem
+with one image only (a missing file, a hint naming an unknown category) is recorded as that
+image's error instead. The caller deletes what was staged when staging fails.
 """
 
-import json
 import os
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
+from service.imaging import SUPPORTED_FORMATS, identify_format
 from service.jobs.model import HintMode, ImageItem
+from service.schemas import (
+    CocoAnnotation,
+    CocoFile,
+    CocoImages,
+    ImageHints,
+    JobAnnotations,
+    parse_json,
+)
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"})
+IMAGE_SUFFIXES = frozenset(
+    {".png", ".jpg", ".jpeg", ".mpo", ".bmp", ".tif", ".tiff", ".webp"}
+)
+# Photos barely compress; a zip member that expands more than this is refused as a bomb
+# (members below the floor are too small to matter whatever their ratio).
+MAX_COMPRESSION_RATIO = 100
+RATIO_FLOOR_BYTES = 1 << 20
 _COPY_BLOCK = 1 << 20
 
 
@@ -37,6 +55,7 @@ class StagingError(ValueError):
 class StagingLimits:
     max_files: int
     max_file_bytes: int  # an uploaded file, and each image inside a zip
+    max_job_bytes: int  # all files of the job together, zip members unpacked
 
 
 @dataclass(frozen=True)
@@ -47,23 +66,16 @@ class Upload:
     stream: BinaryIO
 
 
-def parse_image_hints(text: str | None) -> dict[str, dict]:
+# A bound on the bytes of one copy, and the error raised when the copy would pass it.
+_Bound = tuple[int, Callable[[], StagingError]]
+
+
+def parse_image_hints(text: str | None) -> dict[str, ImageHints]:
     """The `annotations` form field of an upload job: a JSON object mapping an image's file name
     to {"tags": [names]} or {"boxes": [{"label": name, "bbox": [x0, y0, x1, y1]}]}."""
     if not text:
         return {}
-    try:
-        hints = json.loads(text)
-    except json.JSONDecodeError as error:
-        message = f"annotations is not valid JSON: {error}"
-        raise StagingError("invalid_annotations", message) from None
-    if not isinstance(hints, dict) or not all(isinstance(v, dict) for v in hints.values()):
-        raise StagingError(
-            "invalid_annotations",
-            "annotations must be a JSON object mapping file names to {'tags': [...]} or "
-            "{'boxes': [...]}",
-        )
-    return hints
+    return parse_json(JobAnnotations, text, "annotations", code="invalid_annotations")
 
 
 def stage_uploads(
@@ -71,26 +83,38 @@ def stage_uploads(
     uploads: list[Upload],
     *,
     hints_mode: HintMode,
-    image_hints: dict[str, dict],
+    image_hints: dict[str, ImageHints],
     limits: StagingLimits,
 ) -> list[ImageItem]:
     """Copy uploaded images (and the images inside uploaded zip files) into `input_dir`."""
     input_dir.mkdir(parents=True, exist_ok=True)
     items: list[ImageItem] = []
+    staged_bytes = 0
 
-    def add(name: str, source: BinaryIO, declared_size: int | None = None) -> None:
+    def add(name: str, source: BinaryIO, member: zipfile.ZipInfo | None = None) -> None:
+        nonlocal staged_bytes
         if len(items) >= limits.max_files:
             raise StagingError(
                 "too_many_files", f"a job takes at most {limits.max_files} images", 413
             )
-        if declared_size is not None and declared_size > limits.max_file_bytes:
-            raise _too_large(name, limits)
+        bounds: list[_Bound] = [
+            (limits.max_file_bytes, lambda: _file_too_large(name, limits)),
+            (limits.max_job_bytes - staged_bytes, lambda: _job_too_large(limits)),
+        ]
+        if member is not None:
+            ratio_bound = max(RATIO_FLOOR_BYTES, MAX_COMPRESSION_RATIO * member.compress_size)
+            bounds.insert(0, (ratio_bound, lambda: _zip_bomb(name)))  # the likeliest diagnosis
+            for bound, error in bounds:
+                if member.file_size > bound:
+                    raise error()
         index = len(items)
-        staged = f"{index}{PurePosixPath(name).suffix.lower()}"
-        _copy_bounded(source, input_dir / staged, name, limits)
+        suffix = PurePosixPath(name).suffix.lower()
+        staged = input_dir / f"{index}{suffix if suffix in IMAGE_SUFFIXES else ''}"
+        staged_bytes += _copy_bounded(source, staged, bounds)
+        _refuse_unsupported_format(name, staged)
         hints, error = _hints_for(name, image_hints.get(name), hints_mode)
         items.append(ImageItem(index=index, image_id=index + 1, file_name=name, source="upload",
-                               path=staged, error=error, **hints))
+                               path=staged.name, error=error, **hints))
 
     for upload in uploads:
         name = upload.name or "upload"
@@ -112,26 +136,22 @@ def stage_coco(
 ) -> list[ImageItem]:
     """The images of a COCO annotation file, read from under `data_root`; with hints_mode
     "tags" or "boxes", each image's hints come from its annotations."""
-    try:
-        coco = json.loads(coco_text)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise StagingError("invalid_coco", f"the COCO file is not valid JSON: {error}") from None
-    images = coco.get("images") if isinstance(coco, dict) else None
-    if not isinstance(images, list) or not images:
-        raise StagingError("invalid_coco", "the COCO file needs a non-empty 'images' list")
-    if len(images) > max_files:
+    schema = CocoImages if hints_mode == "none" else CocoFile
+    coco = parse_json(schema, coco_text, "coco", code="invalid_coco")
+    if len(coco.images) > max_files:
         raise StagingError("too_many_files", f"a job takes at most {max_files} images", 413)
-    categories, annotations = _coco_annotations(coco, hints_mode)
+    categories: dict[int, str] = {}
+    by_image: dict[int, list[CocoAnnotation]] = {}
+    if isinstance(coco, CocoFile):
+        categories = {category.id: category.name for category in coco.categories}
+        for annotation in coco.annotations:
+            by_image.setdefault(annotation.image_id, []).append(annotation)
     items = []
-    for index, image in enumerate(images):
-        if not isinstance(image, dict) or not isinstance(image.get("file_name"), str):
-            raise StagingError("invalid_coco", f"images[{index}] needs a string 'file_name'")
-        if not isinstance(image.get("id"), int):
-            raise StagingError("invalid_coco", f"images[{index}] needs an integer 'id'")
-        resolve_under(data_root, image["file_name"])
-        hints, error = _coco_hints(annotations.get(image["id"], []), categories, hints_mode)
-        items.append(ImageItem(index=index, image_id=image["id"], file_name=image["file_name"],
-                               source="data_root", path=image["file_name"], error=error, **hints))
+    for index, image in enumerate(coco.images):
+        resolve_under(data_root, image.file_name)
+        hints, error = _coco_hints(by_image.get(image.id, []), categories, hints_mode)
+        items.append(ImageItem(index=index, image_id=image.id, file_name=image.file_name,
+                               source="data_root", path=image.file_name, error=error, **hints))
     return items
 
 
@@ -164,10 +184,9 @@ def _stage_zip(upload: Upload, input_dir: Path, limits: StagingLimits, add) -> N
     handle, temporary = tempfile.mkstemp(dir=input_dir, prefix=".upload-", suffix=".zip")
     os.close(handle)
     archive_path = Path(temporary)
-    # A zip may be as large as the whole job may be, not only one image.
-    zip_limits = StagingLimits(limits.max_files, limits.max_file_bytes * limits.max_files)
-    _copy_bounded(upload.stream, archive_path, upload.name, zip_limits)
     try:
+        _copy_bounded(upload.stream, archive_path,
+                      [(limits.max_job_bytes, lambda: _job_too_large(limits))])
         with zipfile.ZipFile(archive_path) as archive:
             for member in archive.infolist():
                 name = member.filename
@@ -175,92 +194,94 @@ def _stage_zip(upload: Upload, input_dir: Path, limits: StagingLimits, add) -> N
                         or PurePosixPath(name).suffix.lower() not in IMAGE_SUFFIXES):
                     continue
                 with archive.open(member) as source:
-                    add(name, source, member.file_size)
+                    add(name, source, member)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError) as error:
         raise StagingError("invalid_zip", f"{upload.name} is not a readable zip: {error}") from None
     finally:
         archive_path.unlink(missing_ok=True)
 
 
-def _copy_bounded(source: BinaryIO, target: Path, name: str, limits: StagingLimits) -> None:
-    """Copy at most max_file_bytes (a zip member's declared size may lie, so count)."""
+def _copy_bounded(source: BinaryIO, target: Path, bounds: list[_Bound]) -> int:
+    """Copy `source` to `target` and return the bytes written; past the smallest bound, delete
+    the target and raise that bound's error."""
+    limit, error = min(bounds, key=lambda bound: bound[0])
     written = 0
-    with open(target, "wb") as out:
-        while block := source.read(_COPY_BLOCK):
-            written += len(block)
-            if written > limits.max_file_bytes:
-                out.close()
-                target.unlink(missing_ok=True)
-                raise _too_large(name, limits)
-            out.write(block)
+    try:
+        with open(target, "wb") as out:
+            while block := source.read(_COPY_BLOCK):
+                written += len(block)
+                if written > limit:
+                    raise error()
+                out.write(block)
+    except BaseException:
+        target.unlink(missing_ok=True)
+        raise
+    return written
 
 
-def _too_large(name: str, limits: StagingLimits) -> StagingError:
+def _refuse_unsupported_format(name: str, path: Path) -> None:
+    """415 for a file whose header names an image format the service does not decode; data
+    Pillow does not recognise at all is left to fail as that image's error."""
+    with open(path, "rb") as file:
+        found = identify_format(file)
+    if found is not None and found not in SUPPORTED_FORMATS:
+        raise StagingError(
+            "unsupported_media_type",
+            f"{name!r} is a {found} image; supported formats: {', '.join(SUPPORTED_FORMATS)}",
+            415,
+        )
+
+
+def _file_too_large(name: str, limits: StagingLimits) -> StagingError:
     return StagingError(
-        "file_too_large", f"{name} is larger than {limits.max_file_bytes} bytes", 413
+        "file_too_large", f"{name!r} is larger than {limits.max_file_bytes} bytes", 413
     )
 
 
-def _hints_for(
-    name: str, hint: dict | None, mode: HintMode
-) -> tuple[dict, str | None]:
-    """The ImageItem hint fields of an uploaded image, and the image's error if they are bad."""
+def _job_too_large(limits: StagingLimits) -> StagingError:
+    return StagingError(
+        "job_too_large",
+        f"the job's files take more than {limits.max_job_bytes} bytes once unpacked "
+        "(DISCOSEG_MAX_JOB_BYTES)",
+        413,
+    )
+
+
+def _zip_bomb(name: str) -> StagingError:
+    return StagingError(
+        "zip_bomb",
+        f"zip member {name!r} expands more than {MAX_COMPRESSION_RATIO} times; refused",
+        413,
+    )
+
+
+def _hints_for(name: str, hint: ImageHints | None, mode: HintMode) -> tuple[dict, str | None]:
+    """The ImageItem hint fields of an uploaded image, and the image's error if it has none."""
     if mode == "none":
         return {}, None
-    if hint is None or mode not in hint:
+    value = None if hint is None else getattr(hint, mode)
+    if value is None:
         return {}, f"no {mode} given for {name} in annotations"
-    value = hint[mode]
     if mode == "tags":
-        if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
-            return {}, f"tags of {name} must be a list of class names"
         return {"tags": sorted(set(value))}, None
-    if not isinstance(value, list) or not all(_is_box(b) for b in value):
-        return {}, f"boxes of {name} must be a list of {{'label': name, 'bbox': [x0, y0, x1, y1]}}"
-    return {"boxes": [{"label": b["label"], "bbox": [float(v) for v in b["bbox"]]}
-                      for b in value]}, None
-
-
-def _is_box(box: object) -> bool:
-    return (isinstance(box, dict) and isinstance(box.get("label"), str)
-            and isinstance(box.get("bbox"), list) and len(box["bbox"]) == 4
-            and all(isinstance(v, int | float) for v in box["bbox"]))
-
-
-def _coco_annotations(coco: dict, mode: HintMode) -> tuple[dict[int, str], dict[int, list]]:
-    if mode == "none":
-        return {}, {}
-    categories = coco.get("categories")
-    annotations = coco.get("annotations")
-    if not isinstance(categories, list) or not isinstance(annotations, list):
-        raise StagingError(
-            "invalid_coco", f"hints={mode} needs 'categories' and 'annotations' lists"
-        )
-    try:
-        names = {int(c["id"]): str(c["name"]) for c in categories}
-        by_image: dict[int, list] = {}
-        for annotation in annotations:
-            by_image.setdefault(int(annotation["image_id"]), []).append(annotation)
-    except (KeyError, TypeError, ValueError) as error:
-        raise StagingError("invalid_coco", f"bad category or annotation entry: {error}") from None
-    return names, by_image
+    return {"boxes": [box.model_dump() for box in value]}, None
 
 
 def _coco_hints(
-    annotations: Iterable[dict], categories: dict[int, str], mode: HintMode
+    annotations: list[CocoAnnotation], categories: dict[int, str], mode: HintMode
 ) -> tuple[dict, str | None]:
     if mode == "none":
         return {}, None
     labels, boxes = [], []
     for annotation in annotations:
-        name = categories.get(annotation.get("category_id"))
+        name = categories.get(annotation.category_id)
         if name is None:
-            return {}, f"annotation {annotation.get('id')}: unknown category id " \
-                       f"{annotation.get('category_id')}"
-        bbox = annotation.get("bbox")
+            return {}, f"annotation {annotation.id}: unknown category id " \
+                       f"{annotation.category_id}"
         if mode == "boxes":
-            if not (isinstance(bbox, list) and len(bbox) == 4):
-                return {}, f"annotation {annotation.get('id')}: bbox must be [x, y, w, h]"
-            x, y, w, h = (float(v) for v in bbox)
+            if annotation.bbox is None:
+                return {}, f"annotation {annotation.id}: bbox must be [x, y, w, h]"
+            x, y, w, h = annotation.bbox
             boxes.append({"label": name, "bbox": [x, y, x + w, y + h]})
         labels.append(name)
     if mode == "tags":

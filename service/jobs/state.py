@@ -9,6 +9,8 @@ keeps one `state.json` per job folder; `RedisJobStates` (Celery backend) is in r
 import json
 import threading
 import time
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from service.jobs.model import JobRecord, JobState
@@ -28,11 +30,21 @@ class JobStates(Protocol):
 
     def state(self, job_id: str) -> JobState | None: ...
 
-    def mark_running(self, job_id: str) -> JobState | None:
-        """queued -> running; returns the state after the call (None for an unknown job)."""
+    def start_chunk(self, job_id: str, chunk: int) -> tuple[JobState | None, int]:
+        """A worker starts chunk `chunk`: queued -> running, and the job shows a sign of life.
+        Returns the state after the call (None for an unknown job) and how often this chunk
+        has been started, this time included."""
 
     def record_image(self, job_id: str, index: int, error: str | None) -> None:
         """Image `index` is finished (error: why it failed); finishes the job with its last."""
+
+    def done_indices(self, job_id: str) -> set[int]:
+        """The indices of the job's finished images."""
+
+    def claim_redispatch(self, job_id: str, active_at: float) -> bool:
+        """Claim the handling of the job's lost chunks (dispatching them again, or failing
+        them): counted in `redispatches` and as a sign of life. Refused (False) when the job
+        showed a sign of life after `active_at`, e.g. another API process claimed it first."""
 
     def cancel(self, job_id: str) -> JobRecord | None:
         """queued/running -> cancelled; returns the record after the call."""
@@ -62,82 +74,119 @@ class FileJobStates:
 
     def create(self, record: JobRecord) -> None:
         with self._lock:
-            self._write(record)
+            record.active_at = record.active_at or record.created_at
+            self._write(_FileState(record))
 
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
-            return self._read(job_id)
+            found = self._read(job_id)
+            return None if found is None else found.record
 
     def state(self, job_id: str) -> JobState | None:
         record = self.get(job_id)
         return None if record is None else record.state
 
-    def mark_running(self, job_id: str) -> JobState | None:
+    def start_chunk(self, job_id: str, chunk: int) -> tuple[JobState | None, int]:
         with self._lock:
-            record = self._read(job_id)
-            if record is None:
-                return None
+            found = self._read(job_id)
+            if found is None:
+                return None, 0
+            record, now = found.record, time.time()
+            if record.state not in ACTIVE:
+                return record.state, 0
             if record.state == JobState.QUEUED:
-                record.state, record.started_at = JobState.RUNNING, time.time()
-                self._write(record)
-            return record.state
+                record.state, record.started_at = JobState.RUNNING, now
+            found.chunk_starts[chunk] = found.chunk_starts.get(chunk, 0) + 1
+            record.active_at = now
+            self._write(found)
+            return record.state, found.chunk_starts[chunk]
 
     def record_image(self, job_id: str, index: int, error: str | None) -> None:
         with self._lock:
-            record, done = self.load(job_id)
-            if record is None:
+            found = self._read(job_id)
+            if found is None:
                 return
-            done.add(index)
+            record = found.record
+            found.done.add(index)
             record.errors.pop(index, None)
             if error is not None:
                 record.errors[index] = error
-            record.done = len(done)
+            record.done = len(found.done)
+            record.active_at = time.time()
             if record.state in ACTIVE and record.done >= record.total:
                 record.state = final_state(record.total, len(record.errors))
-                record.finished_at = time.time()
+                record.finished_at = record.active_at
                 record.expires_at = record.finished_at + self.result_ttl_s
-            self._write(record, done)
+            self._write(found)
+
+    def done_indices(self, job_id: str) -> set[int]:
+        with self._lock:
+            found = self._read(job_id)
+            return set() if found is None else set(found.done)
+
+    def claim_redispatch(self, job_id: str, active_at: float) -> bool:
+        with self._lock:
+            found = self._read(job_id)
+            if found is None or found.record.active_at > active_at:
+                return False
+            found.record.redispatches += 1
+            found.record.active_at = time.time()
+            self._write(found)
+            return True
 
     def cancel(self, job_id: str) -> JobRecord | None:
         with self._lock:
-            record = self._read(job_id)
-            if record is not None and record.state in ACTIVE:
+            found = self._read(job_id)
+            if found is None:
+                return None
+            record = found.record
+            if record.state in ACTIVE:
                 record.state, record.finished_at = JobState.CANCELLED, time.time()
                 record.expires_at = record.finished_at + self.result_ttl_s
-                self._write(record)
+                self._write(found)
             return record
 
     def mark_fetched(self, job_id: str, expires_at: float) -> None:
         with self._lock:
-            record = self._read(job_id)
-            if record is not None and record.fetched_at is None:
+            found = self._read(job_id)
+            if found is not None and found.record.fetched_at is None:
+                record = found.record
                 record.fetched_at = time.time()
                 record.expires_at = min(record.expires_at or expires_at, expires_at)
-                self._write(record)
+                self._write(found)
 
     def delete(self, job_id: str) -> None:
         with self._lock:
-            (self.store.job_dir(job_id) / "state.json").unlink(missing_ok=True)
+            self._path(job_id).unlink(missing_ok=True)
 
     def ping(self) -> None:
         if not self.store.root.is_dir():
             raise JobBackendUnavailable(f"the job store {self.store.root} is not a folder")
 
-    def load(self, job_id: str) -> tuple[JobRecord | None, set[int]]:
-        """The job's record and the indices of its finished images."""
-        path = self.store.job_dir(job_id) / "state.json"
+    def _path(self, job_id: str) -> Path:
+        return self.store.job_dir(job_id) / "state.json"
+
+    def _read(self, job_id: str) -> "_FileState | None":
+        path = self._path(job_id)
         if not path.is_file():
-            return None, set()
+            return None
         values = json.loads(path.read_text())
         done = set(values.pop("done_indices"))
+        starts = {int(k): v for k, v in values.pop("chunk_starts", {}).items()}
         values["state"] = JobState(values["state"])
         values["errors"] = {int(k): v for k, v in values["errors"].items()}
-        return JobRecord(**values), done
+        return _FileState(JobRecord(**values), done, starts)
 
-    def _read(self, job_id: str) -> JobRecord | None:
-        return self.load(job_id)[0]
+    def _write(self, found: "_FileState") -> None:
+        values = {**found.record.__dict__, "state": str(found.record.state),
+                  "done_indices": sorted(found.done), "chunk_starts": found.chunk_starts}
+        write_json_atomic(self._path(found.record.job_id), values)
 
-    def _write(self, record: JobRecord, done: set[int] | None = None) -> None:
-        values = {**record.__dict__, "state": str(record.state)}
-        values["done_indices"] = sorted(done if done is not None else self.load(record.job_id)[1])
-        write_json_atomic(self.store.job_dir(record.job_id) / "state.json", values)
+
+@dataclass
+class _FileState:
+    """What one state.json holds."""
+
+    record: JobRecord
+    done: set[int] = field(default_factory=set)
+    chunk_starts: dict[int, int] = field(default_factory=dict)

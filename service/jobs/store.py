@@ -6,8 +6,9 @@
     <job_store>/<job id>/categories.json    the model's classes as COCO categories
 
 Every write is atomic (temporary file + rename), so a chunk that runs again after a worker was
-lost overwrites its own outcomes whole and readers never see half a file. Masks never go
-through Redis or the Celery result backend.
+lost overwrites its own outcomes whole and readers never see half a file. A chunk still running
+when its job is deleted writes nothing more (outcomes go only to a job that has its spec).
+Masks never go through Redis or the Celery result backend.
 """
 
 import json
@@ -52,7 +53,7 @@ class ResultStore:
 
     def write_categories(self, job_id: str, classes: list[str]) -> None:
         categories = [{"id": i + 1, "name": name} for i, name in enumerate(classes)]
-        write_json_atomic(self.job_dir(job_id) / "categories.json", categories)
+        self._write_if_job_exists(job_id, self.job_dir(job_id) / "categories.json", categories)
 
     def write_labels(
         self, job_id: str, item: ImageItem, size: tuple[int, int], annotations: list[dict]
@@ -64,11 +65,11 @@ class ResultStore:
                       "height": height, "width": width},
             "annotations": annotations,
         }
-        write_json_atomic(self._outcome_path(job_id, item.index), outcome)
+        self._write_if_job_exists(job_id, self._outcome_path(job_id, item.index), outcome)
 
     def write_error(self, job_id: str, item: ImageItem, error: str) -> None:
         outcome = {"image": {"id": item.image_id, "file_name": item.file_name}, "error": error}
-        write_json_atomic(self._outcome_path(job_id, item.index), outcome)
+        self._write_if_job_exists(job_id, self._outcome_path(job_id, item.index), outcome)
 
     def outcomes(self, job_id: str) -> dict[int, dict]:
         """Image index -> its recorded outcome, for the images finished so far."""
@@ -107,6 +108,13 @@ class ResultStore:
 
     def delete(self, job_id: str) -> None:
         shutil.rmtree(self.job_dir(job_id), ignore_errors=True)
+
+    def delete_inputs(self, job_id: str) -> None:
+        shutil.rmtree(self.input_dir(job_id), ignore_errors=True)
+
+    def _write_if_job_exists(self, job_id: str, path: Path, value: Any) -> None:
+        if (self.job_dir(job_id) / "spec.json").is_file():
+            write_json_atomic(path, value)
 
     def _outcome_path(self, job_id: str, index: int) -> Path:
         return self.job_dir(job_id) / "results" / f"{index}.json"

@@ -11,6 +11,8 @@ Reliability settings, and why:
 - time limits: the soft limit raises inside the chunk, which records its remaining images as
   failed so the job still finishes; the hard limit (prefork pool only) kills a stuck child.
 - results: chunk tasks ignore their result; masks go to the result store, progress to Redis.
+- pool processes load the model when they start: they are given _PROCESS_START_TIMEOUT_S to
+  report alive instead of Celery's 4 s.
 """
 
 from celery import Celery
@@ -20,16 +22,13 @@ from service.core.config import Settings
 CHUNK_TASK = "discoseg.run_chunk"
 CHUNK_QUEUE = "discoseg.chunks"
 _SOFT_LIMIT_MARGIN = 0.9
-
-
-def redelivery_timeout_s(settings: Settings) -> int:
-    return settings.job_redelivery_timeout_s or settings.job_chunk_time_limit_s + 60
+_PROCESS_START_TIMEOUT_S = 300.0
 
 
 def create_celery_app(settings: Settings) -> Celery:
     if not settings.redis_url:
         raise ValueError("DISCOSEG_REDIS_URL is not set: Celery jobs need Redis")
-    visibility = redelivery_timeout_s(settings)
+    visibility = settings.redelivery_timeout_s
     hard_limit = settings.job_chunk_time_limit_s
     app = Celery("discoseg", broker=settings.redis_url, backend=settings.redis_url,
                  include=["service.worker.tasks"], set_as_current=False)
@@ -37,6 +36,7 @@ def create_celery_app(settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        worker_proc_alive_timeout=_PROCESS_START_TIMEOUT_S,
         task_time_limit=hard_limit,
         task_soft_time_limit=max(1, int(hard_limit * _SOFT_LIMIT_MARGIN)),
         task_ignore_result=True,

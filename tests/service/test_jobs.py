@@ -4,21 +4,24 @@ real workers is tested in test_jobs_celery.py, which shares the helpers here."""
 
 import io
 import json
+import logging
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from PIL import Image
 from pycocotools import mask as mask_utils
 
 from service.core.config import Settings
+from service.jobs.chunks import MAX_CHUNK_STARTS, run_chunk
 from service.jobs.embedded import EmbeddedBackend
-from service.jobs.model import LabelOptions
+from service.jobs.model import JobRecord, JobSpec, JobState, LabelOptions
 from service.jobs.staging import StagingLimits, Upload, stage_uploads
 from service.main import create_app
 from service.runtime import ModelRuntime
-from tests.service.conftest import CLASSES, encode, scene_image
+from tests.service.conftest import CLASSES, encode, scene_image, zip_of
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -186,9 +189,9 @@ def test_bad_job_requests_are_4xx_json(tmp_path, bundle_path, runtime) -> None:
         assert_error(post(data={"hints": "none"}), 422)
         both = [("files", ("a.png", png, "image/png")), ("coco", ("c.json", b"{}", "text/json"))]
         assert_error(post(files=both), 422)
-        assert_error(post(files={"coco": ("c.json", b"{not json", "text/json")}), 400,
+        assert_error(post(files={"coco": ("c.json", b"{not json", "text/json")}), 422,
                      "invalid_coco")
-        assert_error(post(files={"coco": ("c.json", b'{"images": []}', "text/json")}), 400,
+        assert_error(post(files={"coco": ("c.json", b'{"images": []}', "text/json")}), 422,
                      "invalid_coco")
         assert_error(post(files=[("files", ("x.zip", b"PK but no zip", "application/zip"))]),
                      400, "invalid_zip")
@@ -197,7 +200,7 @@ def test_bad_job_requests_are_4xx_json(tmp_path, bundle_path, runtime) -> None:
         big = [("files", ("big.png", b"\0" * 50_001, "image/png"))]
         assert_error(post(files=big), 413, "file_too_large")
         one = [("files", ("a.png", png, "image/png"))]
-        assert_error(post(files=one, data={"annotations": "[1, 2"}), 400, "invalid_annotations")
+        assert_error(post(files=one, data={"annotations": "[1, 2"}), 422, "invalid_annotations")
         assert_error(post(files=one, data={"hints": "masks"}), 422)
         assert_error(post(files=one, data={"score_threshold": "2"}), 422)
         unknown = "0" * 32
@@ -262,7 +265,7 @@ def test_embedded_backend_resumes_unfinished_jobs_after_restart(
     job_id = first.new_job_id()
     uploads = [Upload(f"{i}.png", io.BytesIO(scene_png(i))) for i in range(4)]
     items = stage_uploads(first.store.input_dir(job_id), uploads, hints_mode="none",
-                          image_hints={}, limits=StagingLimits(10, 10**6))
+                          image_hints={}, limits=StagingLimits(10, 10**6, 10**7))
     first.submit(job_id, items, LabelOptions())
     first.stop()  # the process "dies": running chunk finishes, queued chunks are dropped
     interrupted = first.states.get(job_id)
@@ -310,3 +313,141 @@ def test_docker_compose_services_env_and_shared_volumes() -> None:
     assert "jobs" in compose["volumes"]  # a named volume both mount
     dockerfile = (REPO / "Dockerfile").read_text()
     assert "python:3.11-slim" in dockerfile and "constraints.txt" in dockerfile
+
+
+def _picture(format: str, **options) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(scene_image(5)).save(buffer, format=format, **options)
+    return buffer.getvalue()
+
+
+def test_zip_bombs_and_oversized_jobs_are_refused_and_nothing_stays(tmp_path, bundle_path,
+                                                                    runtime) -> None:
+    png = scene_png(0)
+    settings = job_settings(tmp_path, bundle_path, max_job_bytes=int(2.5 * len(png)))
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        def post(files):
+            return client.post("/v1/jobs", files=[("files", entry) for entry in files])
+
+        bomb = zip_of({"a.png": png, "zeros.png": bytes(20 << 20)})  # 20 MiB in ~20 kB
+        assert len(bomb) < 100_000
+        assert_error(post([("bomb.zip", bomb, "application/zip")]), 413, "zip_bomb")
+        three = zip_of({f"{i}.png": png for i in range(3)})
+        response = post([("three.zip", three, "application/zip")])
+        assert_error(response, 413, "job_too_large")
+        assert "DISCOSEG_MAX_JOB_BYTES" in response.json()["error"]["message"]
+        loose = [(f"{i}.png", png, "image/png") for i in range(3)]
+        assert_error(post(loose), 413, "job_too_large")
+        assert not any(settings.job_store.iterdir())  # what was staged is gone
+        assert post(loose[:2]).status_code == 202
+
+
+def test_formats_pillow_reads_are_labeled_and_others_refused_at_upload(embedded) -> None:
+    client, settings = embedded
+    gif = [("files", ("a.png", scene_png(0), "image/png")),
+           ("files", ("b.gif", _picture("GIF"), "image/gif"))]
+    response = client.post("/v1/jobs", files=gif)
+    assert_error(response, 415, "unsupported_media_type")
+    assert "'b.gif' is a GIF image" in response.json()["error"]["message"]
+    assert not any(settings.job_store.iterdir())
+
+    second = Image.fromarray(scene_image(6))
+    files = [("files", ("camera.jpg", _picture("MPO", save_all=True, append_images=[second]),
+                        "image/jpeg")),
+             ("files", ("scan.tif", _picture("TIFF"), "image/tiff"))]
+    response = client.post("/v1/jobs", files=files, data={"score_threshold": "0"})
+    assert response.status_code == 202, response.text
+    status = wait_finished(client, response.json()["id"])
+    assert status["state"] == "succeeded" and status["errors"] == [], status
+    result = client.get(status["result"]).json()
+    assert {(i["file_name"], i["width"], i["height"]) for i in result["images"]} == \
+        {("camera.jpg", 96, 96), ("scan.tif", 96, 96)}
+
+
+def test_cancel_deletes_inputs_and_delete_of_a_cancelled_job_removes_it(tmp_path, bundle_path,
+                                                                        runtime) -> None:
+    settings = job_settings(tmp_path, bundle_path, job_chunk_size=1)
+    files = [("files", (f"{i}.png", scene_png(i), "image/png")) for i in range(4)]
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        job_id = client.post("/v1/jobs", files=files).json()["id"]
+        cancelled = client.delete(f"/v1/jobs/{job_id}")
+        assert cancelled.status_code == 200 and cancelled.json()["state"] == "cancelled"
+        assert not (settings.job_store / job_id / "inputs").exists()
+        assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+        assert client.delete(f"/v1/jobs/{job_id}").status_code == 204
+        assert_error(client.get(f"/v1/jobs/{job_id}"), 404)
+        client.app.state.jobs.stop()  # a chunk still running finishes first
+        assert not (settings.job_store / job_id).exists()
+
+
+def test_job_errors_name_images_relative_to_the_data_root(embedded) -> None:
+    client, settings = embedded
+    coco = write_coco_under(settings.data_root, [("sub/gone.png", [1])])
+    (settings.data_root / "sub" / "gone.png").unlink()
+    response = client.post("/v1/jobs", files={"coco": ("c.json", coco, "application/json")})
+    status = wait_finished(client, response.json()["id"])
+    assert [e["error"] for e in status["errors"]] == ["No such file or directory: sub/gone.png"]
+    assert str(settings.data_root.parent) not in json.dumps(client.get(status["result"]).json())
+
+
+def test_client_file_names_are_escaped_in_the_log(embedded, caplog) -> None:
+    client, _ = embedded
+    caplog.set_level(logging.INFO, logger="service.jobs.chunks")
+    forged = "x.png\nCRITICAL everything is fine.png"
+    archive = zip_of({forged: b"not an image"})
+    response = client.post("/v1/jobs", files={"files": ("z.zip", archive, "application/zip")})
+    status = wait_finished(client, response.json()["id"])
+    assert status["errors"][0]["file_name"] == forged
+    logged = [r.getMessage() for r in caplog.records if r.name == "service.jobs.chunks"]
+    assert any("CRITICAL everything is fine" in message for message in logged)
+    assert not any("\n" in message for message in logged)
+
+
+def _lost_job(backend: EmbeddedBackend, images: int) -> str:
+    """A job whose spec and state exist but whose chunks were never dispatched (lost)."""
+    job_id = backend.new_job_id()
+    uploads = [Upload(f"{i}.png", io.BytesIO(scene_png(i))) for i in range(images)]
+    items = stage_uploads(backend.store.input_dir(job_id), uploads, hints_mode="none",
+                          image_hints={}, limits=StagingLimits(10, 10**6, 10**7))
+    spec = JobSpec(job_id=job_id, items=items, options=LabelOptions(), chunk_size=2,
+                   created_at=time.time())
+    backend.store.write_spec(spec)
+    backend.states.create(JobRecord(job_id=job_id, state=JobState.QUEUED, total=images,
+                                    created_at=spec.created_at))
+    return job_id
+
+
+def test_embedded_backend_dispatches_lost_chunks_again(tmp_path, bundle_path, runtime) -> None:
+    settings = job_settings(tmp_path, bundle_path, job_redelivery_timeout_s=1)
+    backend = EmbeddedBackend(settings, lambda: runtime)
+    backend.start()
+    try:
+        job_id = _lost_job(backend, 3)
+        assert backend.recover_lost_chunks() == 0  # not silent for the timeout yet
+        time.sleep(1.1)
+        assert backend.recover_lost_chunks() == 2
+        deadline = time.monotonic() + 60
+        while backend.states.get(job_id).state != "succeeded" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        record = backend.states.get(job_id)
+        assert record.state == "succeeded" and record.done == 3 and record.redispatches == 1
+    finally:
+        backend.stop()
+
+
+def test_a_chunk_whose_worker_is_lost_each_time_fails_with_a_reason(
+    tmp_path, bundle_path, runtime
+) -> None:
+    settings = job_settings(tmp_path, bundle_path)
+    backend = EmbeddedBackend(settings, lambda: runtime)
+    job_id = _lost_job(backend, 3)
+    for _ in range(MAX_CHUNK_STARTS):  # started, then the process died each time
+        backend.states.start_chunk(job_id, 0)
+    assert run_chunk(backend.context, runtime, job_id, 0) == 2
+    record = backend.states.get(job_id)
+    assert record.done == 2 and set(record.errors) == {0, 1}
+    assert record.errors[0] == (f"the chunk holding this image was started {MAX_CHUNK_STARTS} "
+                                "times and never finished: its worker was lost each time "
+                                "(killed, or out of memory)")
+    assert run_chunk(backend.context, runtime, job_id, 1) == 1  # other chunks run
+    assert backend.states.get(job_id).state == "succeeded"

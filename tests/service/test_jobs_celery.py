@@ -1,8 +1,10 @@
 """Batch jobs on the Celery backend with real `discoseg worker` processes and a real Redis
-(127.0.0.1:6379, databases 13 and 14 only; or a redis-server this module starts): uploads, COCO
-with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, and Redis going
-away and coming back."""
+(127.0.0.1:6379, databases 11 to 14 only; or a redis-server this module starts): uploads, COCO
+with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, Redis going away
+and coming back, Redis killed in the middle of a job, a worker that cannot load its model, and
+chunks the broker lost."""
 
+import json
 import os
 import signal
 import socket
@@ -14,11 +16,14 @@ from pathlib import Path
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from kombu.transport.redis import Channel
 
-from service.jobs.celery_backend import CeleryBackend
+from service.jobs.backend import MAX_REDISPATCHES
+from service.jobs.celery_backend import CeleryBackend, chunk_of_task_id
 from service.main import create_app
 from service.runtime import ModelRuntime
 from service.worker.app import CHUNK_QUEUE
+from tests.service.conftest import encode, scene_image
 from tests.service.test_jobs import (
     REPO,
     assert_error,
@@ -31,6 +36,7 @@ from tests.service.test_jobs import (
 
 pytestmark = pytest.mark.slow
 WORKER_START_TIMEOUT_S = 60
+REDIS_OUTAGE_S = 10
 
 
 def _free_port() -> int:
@@ -39,10 +45,11 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _start_redis_server(port: int) -> subprocess.Popen:
+def _start_redis_server(port: int, *options: str) -> subprocess.Popen:
+    """A redis-server on `port` (by default without persistence; `options` override)."""
     process = subprocess.Popen(
         ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--daemonize", "no"],
+         "--appendonly", "no", "--daemonize", "no", *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     client = redis.Redis(port=port, socket_connect_timeout=0.2)
@@ -262,3 +269,173 @@ def test_redis_away_gives_503_on_job_routes_and_recovers(
     finally:
         server.kill()
         server.wait()
+
+
+def _start_durable_redis(port: int, folder: Path) -> subprocess.Popen:
+    """A redis-server that writes every change to its append-only file before answering."""
+    return _start_redis_server(port, "--appendonly", "yes", "--appendfsync", "always",
+                               "--dir", str(folder))
+
+
+def _poll_until_finished(client: TestClient, job_id: str, timeout: float) -> dict:
+    """The job's final status; 503s while Redis is away are waited out."""
+    deadline = time.monotonic() + timeout
+    status = None
+    while time.monotonic() < deadline:
+        response = client.get(f"/v1/jobs/{job_id}")
+        if response.status_code == 200:
+            status = response.json()
+            if status["state"] not in ("queued", "running"):
+                return status
+        else:
+            assert_error(response, 503, "jobs_unavailable")
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish in {timeout} s: {status}")
+
+
+def test_redis_killed_mid_chunk_loses_no_image(bundle_path, runtime, tmp_path) -> None:
+    port = _free_port()
+    redis_dir = tmp_path / "redis"
+    redis_dir.mkdir()
+    server = _start_durable_redis(port, redis_dir)
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"redis://127.0.0.1:{port}/0",
+                            job_chunk_size=4, job_redelivery_timeout_s=120)
+    states = redis.Redis(port=port, socket_connect_timeout=0.5)
+    worker = Worker(settings, "outlasts-redis", tmp_path / "worker.log")
+    names = [f"{i}.png" for i in range(20)]
+    try:
+        with TestClient(create_app(settings, runtime=runtime)) as client:
+            files = [("files", (name, encode(scene_image(i, 192)), "image/png"))
+                     for i, name in enumerate(names)]
+            job = client.post("/v1/jobs", files=files, data={"score_threshold": "0"}).json()
+            done_key = f"discoseg:job:{job['id']}:done"
+            deadline = time.monotonic() + 60
+            while states.scard(done_key) == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            done_at_kill = states.scard(done_key)
+            server.kill()  # SIGKILL in the middle of the first chunk
+            server.wait()
+            time.sleep(REDIS_OUTAGE_S)
+            server = _start_durable_redis(port, redis_dir)
+
+            assert 1 <= done_at_kill < len(names), f"not mid-job: {done_at_kill} images done"
+
+            # Well within the redelivery timeout: the chunk waited for Redis, it was not lost.
+            status = _poll_until_finished(client, job["id"], timeout=60)
+            assert status["state"] == "succeeded", (status, worker.log.read_text()[-3000:])
+            assert status["progress"] == {"done": 20, "total": 20}
+            assert status["errors"] == []
+            result = client.get(status["result"]).json()
+            check_coco_result(result, set(names))
+            file_names = [image["file_name"] for image in result["images"]]
+            assert sorted(file_names) == sorted(names)  # every image, exactly once
+            assert sorted(image["id"] for image in result["images"]) == list(range(1, 21))
+    finally:
+        worker.kill()
+        server.kill()
+        server.wait()
+
+
+def _readyz_when_workers_seen(client: TestClient, timeout: float = 20.0) -> dict:
+    """/readyz once it reports a live worker."""
+    deadline = time.monotonic() + timeout
+    while True:
+        body = client.get("/readyz").json()
+        if not body["checks"].get("workers", "").startswith("no live worker"):
+            return body
+        assert time.monotonic() < deadline, body
+        time.sleep(0.2)
+
+
+def test_readyz_shows_the_live_worker(celery_env) -> None:
+    client, _ = celery_env
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json() == {"status": "ready",
+                            "checks": {"model": "ok", "jobs": "ok", "workers": "ok"}}
+
+
+def test_worker_that_cannot_load_its_model_fails_jobs_with_the_reason(
+    redis_base, bundle_path, runtime, tmp_path
+) -> None:
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/12")
+    missing = tmp_path / "elsewhere" / "model.pt"
+    _clean_db(settings.redis_url)
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        body = client.get("/readyz").json()
+        assert body["status"] == "degraded"
+        assert body["checks"]["workers"].startswith("no live worker")
+        worker = Worker(settings.model_copy(update={"model_path": missing}), "modelless",
+                        tmp_path / "worker.log")
+        try:
+            body = _readyz_when_workers_seen(client)
+            assert body["status"] == "degraded", body
+            reason = "cannot load the model: no model bundle at model.pt"
+            assert body["checks"]["workers"] == f"worker modelless@{socket.gethostname()} {reason}"
+            assert str(tmp_path) not in str(body)  # the server's folders stay private
+
+            files = [("files", (f"{i}.png", scene_png(i), "image/png")) for i in range(3)]
+            job = client.post("/v1/jobs", files=files).json()
+            status = wait_finished(client, job["id"], timeout=60)
+            assert status["state"] == "failed" and status["progress"] == {"done": 3, "total": 3}
+            assert {e["error"] for e in status["errors"]} == {
+                f"the worker modelless@{socket.gethostname()} could not load the model: "
+                "no model bundle at model.pt"
+            }
+        finally:
+            worker.kill()
+            _clean_db(settings.redis_url)
+
+
+def _held_chunks(queue: redis.Redis) -> list[tuple[str, int]]:
+    return sorted(chunk_of_task_id(json.loads(raw)["headers"]["id"])
+                  for raw in queue.lrange(CHUNK_QUEUE, 0, -1))
+
+
+def test_lost_chunks_are_dispatched_again_then_failed_with_a_reason(
+    redis_base, bundle_path, runtime, tmp_path
+) -> None:
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/11",
+                            job_redelivery_timeout_s=1)
+    _clean_db(settings.redis_url)
+    queue = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        with TestClient(create_app(settings, runtime=runtime)) as client:
+            jobs = client.app.state.jobs
+            files = [("files", (f"{i}.png", scene_png(i), "image/png")) for i in range(3)]
+            job_id = client.post("/v1/jobs", files=files).json()["id"]  # 2 chunks, no worker
+            both = [(job_id, 0), (job_id, 1)]
+            assert _held_chunks(queue) == both
+            record = jobs.states.get(job_id)
+            # A claim decided on an older sign of life (another API process was first) fails.
+            assert not jobs.states.claim_redispatch(job_id, record.active_at - 1)
+            time.sleep(1.1)  # the job shows no sign of life past the redelivery timeout
+            assert jobs.recover_lost_chunks() == 0  # but the broker holds its chunks
+            # A chunk delivered to a worker and not acknowledged is held too.
+            delivered = queue.rpop(CHUNK_QUEUE)
+            queue.hset(Channel.unacked_key, "tag", json.dumps([json.loads(delivered), "", ""]))
+            assert jobs.recover_lost_chunks() == 0
+            queue.hdel(Channel.unacked_key, "tag")  # now chunk 0 is lost
+            assert jobs.recover_lost_chunks() == 1
+            assert _held_chunks(queue) == both
+            assert jobs.recover_lost_chunks() == 0  # dispatching again is a sign of life
+
+            for _ in range(MAX_REDISPATCHES - 1):
+                queue.delete(CHUNK_QUEUE)  # the broker loses both
+                time.sleep(1.1)
+                assert jobs.recover_lost_chunks() == 2
+                assert _held_chunks(queue) == both
+            assert client.get(f"/v1/jobs/{job_id}").json()["state"] == "queued"
+
+            queue.delete(CHUNK_QUEUE)
+            time.sleep(1.1)
+            assert jobs.recover_lost_chunks() == 2  # lost once more: failed, not stuck
+            assert queue.llen(CHUNK_QUEUE) == 0
+            status = client.get(f"/v1/jobs/{job_id}").json()
+            assert status["state"] == "failed" and status["progress"] == {"done": 3, "total": 3}
+            assert {e["error"] for e in status["errors"]} == {
+                f"the chunk holding this image was lost {MAX_REDISPATCHES + 1} times (the job "
+                "queue failed each time); submit the image again"
+            }
+    finally:
+        _clean_db(settings.redis_url)

@@ -240,3 +240,11 @@ def test_with_api_keys_label_studio_authenticates_with_basic_auth(make_client) -
                           ).status_code == 401
         assert client.get("/ls/health", headers={"Authorization": f"Bearer {API_KEY}"}
                           ).status_code == 200
+        no_colon = base64.b64encode(API_KEY.encode()).decode()
+        for header in ("Basic !!!", f"Basic {no_colon}", f"Token {API_KEY}"):
+            response = client.get("/ls/health", headers={"Authorization": header})
+            assert response.status_code == 401
+            assert response.json()["error"]["code"] == "unauthorized"
+        # Checked before the body is read: an unauthenticated predict gets no validation error.
+        response = client.post("/ls/predict", content=b"{not json")
+        assert response.status_code == 401

@@ -8,7 +8,14 @@ import pytest
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from tests.service.conftest import CLASSES, IMAGE_SIZE, encode, scene_image, upload
+from tests.service.conftest import (
+    CLASSES,
+    IMAGE_SIZE,
+    encode,
+    png_header,
+    scene_image,
+    upload,
+)
 
 VERSION = re.compile(r"^tiny-model-[0-9a-f]{12}$")
 
@@ -86,6 +93,9 @@ def _bilevel_png(width: int, height: int) -> bytes:
         (encode(scene_image(0, size=16)[:8]), 422, "image_too_small", "at least 16"),
         # 25 million pixels in a few kilobytes: refused from its header
         (_bilevel_png(5000, 5000), 413, "image_too_large", "at most 16000000"),
+        # 10^10 pixels: past Pillow's own bound, still our message
+        (png_header(100_000, 100_000), 413, "image_too_large",
+         "at most 16000000 are accepted (DISCOSEG_MAX_IMAGE_PIXELS)"),
     ],
 )
 def test_bad_images_are_4xx_with_a_clear_message(client, data, status, code, message) -> None:
@@ -105,6 +115,9 @@ def test_bad_images_are_4xx_with_a_clear_message(client, data, status, code, mes
         "max_instances=0",
         "max_instances=101",
         "format=gif",
+        "score_threshold=nan",
+        "score_threshold=inf",
+        "max_instances=1" + "0" * 5000,
     ],
 )
 def test_bad_options_are_422(client, query) -> None:
@@ -164,3 +177,23 @@ def test_image_over_the_pixel_limit_is_413(make_client) -> None:
         response = small.post("/v1/segment", files=upload(encode(scene_image(0))))
         assert response.status_code == 413
         assert str(IMAGE_SIZE * IMAGE_SIZE - 1) in response.json()["error"]["message"]
+
+
+def test_clear_messages_for_nan_and_numbers_with_too_many_digits(client) -> None:
+    image = upload(encode(scene_image(0)))
+    nan = client.post("/v1/segment", files=image, data={"score_threshold": "nan"})
+    assert nan.json()["error"]["message"] == "score_threshold: Input should be a finite number"
+    huge = client.post("/v1/segment", files=image, data={"max_instances": "9" * 5000})
+    assert huge.json()["error"]["message"] == "max_instances: the number has too many digits"
+
+
+@pytest.mark.parametrize("format", ["MPO", "TIFF"])
+def test_multi_picture_jpeg_and_tiff_are_read_as_their_first_picture(client, format) -> None:
+    first, second = scene_image(0, size=48), scene_image(1, size=32)
+    buffer = io.BytesIO()
+    Image.fromarray(first).save(buffer, format=format, save_all=True,
+                                append_images=[Image.fromarray(second)])
+    assert Image.open(io.BytesIO(buffer.getvalue())).n_frames == 2
+    response = client.post("/v1/segment", files=upload(buffer.getvalue(), "photo.jpg"))
+    assert response.status_code == 200, response.text
+    assert (response.json()["width"], response.json()["height"]) == (48, 48)

@@ -77,3 +77,18 @@ def test_serves_the_bundle_over_http(bundle_path) -> None:
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+@pytest.mark.parametrize("command", [["serve"], ["worker"]])
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [
+        ("DISCOSEG_API_KEYS", "notjson", "DISCOSEG_API_KEYS is not valid JSON"),
+        ("DISCOSEG_API_KEYS", '["short"]', "(DISCOSEG_API_KEYS): every API key must be"),
+        ("DISCOSEG_MAX_K", "0", "max_k (DISCOSEG_MAX_K): Input should be greater than"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(command, variable, value, message) -> None:
+    result = CliRunner().invoke(app, command, env={variable: value})
+    line = _one_error_line(result)
+    assert line.startswith("error: invalid settings: ") and message in line, line

@@ -22,7 +22,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
-from service.api.deps import AppSettings
+from service.api.deps import SEED_LIMIT, AppSettings
 from service.errors import ApiError
 from service.jobs.backend import JobBackend, JobNotFinished
 from service.jobs.model import JobRecord, JobSpec, LabelOptions, is_job_id
@@ -149,7 +149,8 @@ def create_job(
     jobs: Jobs,
     settings: AppSettings,
     files: Annotated[
-        list[UploadFile] | None, File(description="images (JPEG, PNG, WebP, BMP) and/or zips")
+        list[UploadFile] | None,
+        File(description="images (JPEG or MPO, PNG, WebP, BMP, TIFF) and/or zips"),
     ] = None,
     coco: Annotated[
         UploadFile | None,
@@ -171,9 +172,11 @@ def create_job(
         Form(description='uploads only: JSON {"file name": {"tags": [names]} or '
                          '{"boxes": [{"label": name, "bbox": [x0, y0, x1, y1]}]}}'),
     ] = None,
-    score_threshold: Annotated[float, Form(ge=0, le=1)] = 0.5,
+    score_threshold: Annotated[float, Form(ge=0, le=1, allow_inf_nan=False)] = 0.5,
     max_instances: Annotated[int, Form(ge=1, le=1000)] = 100,
-    seed: Annotated[int, Form(ge=0, description="sampling seed (hints only)")] = 0,
+    seed: Annotated[
+        int, Form(ge=0, lt=SEED_LIMIT, description="sampling seed (hints only)")
+    ] = 0,
 ) -> JobStatus:
     """Start a batch labeling job; poll GET /v1/jobs/{id} and fetch /v1/jobs/{id}/result."""
     if bool(files) == (coco is not None):
@@ -199,7 +202,8 @@ def create_job(
                     jobs.store.input_dir(job_id),
                     [Upload(f.filename or "upload", f.file) for f in files or []],
                     hints_mode=hints, image_hints=parse_image_hints(annotations),
-                    limits=StagingLimits(settings.max_files_per_job, settings.max_upload_bytes),
+                    limits=StagingLimits(settings.max_files_per_job, settings.max_upload_bytes,
+                                         settings.max_job_bytes),
                 )
         except BaseException:
             jobs.store.delete(job_id)
@@ -263,11 +267,11 @@ def job_result(
     "/jobs/{job_id}", response_model=JobStatus, responses={204: {}, **ERRORS}
 )
 def cancel_job(request: Request, jobs: Jobs, job_id: str) -> JobStatus | Response:
-    """Cancel a queued or running job (200, state "cancelled": chunks not yet run never run);
-    a finished job is deleted with its result (204)."""
+    """Cancel a queued or running job (200, state "cancelled": chunks not yet run never run,
+    its inputs are deleted); a finished or cancelled job is deleted with its result (204)."""
     with _backend_errors():
         record, spec = _found(jobs, job_id)
         record = jobs.cancel(job_id)
-    if record is None or record.state != "cancelled":
+    if record is None:
         return Response(status_code=204)
     return _status(request, record, spec)

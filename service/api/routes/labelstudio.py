@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import AppSettings, Model
 from service.errors import ApiError
+from service.imaging import megapixels
 from service.labelstudio import (
     ImageSource,
     TaskError,
@@ -18,6 +19,7 @@ from service.labelstudio import (
     prediction,
     task_hints,
     task_image,
+    task_operation,
 )
 from service.schemas import (
     LabelStudioHealth,
@@ -106,12 +108,16 @@ async def predict(
                 max_pixels=settings.max_image_pixels,
             )
             hints = task_hints(task, context, image.shape[:2])
+            operation = task_operation(hints, known)
 
             def work(image=image, hints=hints) -> list[dict]:
                 sets = predict_task(runtime, image, hints, known, settings.label_studio_k)
                 return [prediction(s, config, runtime.classes, runtime.version) for s in sets]
 
-            results.append(await runtime.submit(work))
+            samples = 1 if operation == "segment" else settings.label_studio_k
+            results.append(await runtime.submit(
+                work, operation=operation, units=samples * megapixels(image)
+            ))
         except TaskError as error:
             warnings.append(f"task {task.get('id', '?')}: {error}")
             results.append([])

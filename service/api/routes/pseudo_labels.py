@@ -1,53 +1,24 @@
 """POST /v1/pseudo-labels: k annotation-consistent samples of the conditional network."""
 
-import json
 from typing import Annotated
 
 from fastapi import APIRouter, Form, Response
 
-from service.api.deps import AppSettings, Model, UploadedImage
+from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.api.routes.segment import ERRORS, MODEL_HEADER
 from service.errors import ApiError
+from service.imaging import megapixels
 from service.runtime import diversity
-from service.schemas import PseudoLabelResponse, Sample, encode_instances
+from service.schemas import (
+    BoxHints,
+    PseudoLabelResponse,
+    Sample,
+    TagHints,
+    encode_instances,
+    parse_json,
+)
 
 router = APIRouter(tags=["pseudo-labels"])
-
-
-def json_list(name: str, text: str) -> list:
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ApiError(422, f"{name} is not valid JSON: {error}") from None
-    if not isinstance(value, list):
-        raise ApiError(422, f"{name} must be a JSON list, got {type(value).__name__}")
-    return value
-
-
-def parse_tags(text: str) -> list[str]:
-    tags = json_list("tags", text)
-    if not all(isinstance(tag, str) for tag in tags):
-        raise ApiError(422, 'tags must be a JSON list of class names, e.g. ["cat", "dog"]')
-    return tags
-
-
-def parse_boxes(text: str, max_boxes: int) -> list[dict]:
-    boxes = json_list("boxes", text)
-    if len(boxes) > max_boxes:
-        raise ApiError(422, f"{len(boxes)} boxes given; at most {max_boxes} are accepted")
-    for index, box in enumerate(boxes):
-        if not isinstance(box, dict) or set(box) != {"label", "bbox"}:
-            raise ApiError(
-                422,
-                f'box {index}: each box must be {{"label": name, "bbox": [x0, y0, x1, y1]}}, '
-                f"got {json.dumps(box)[:200]}",
-            )
-        bbox = box["bbox"]
-        if not isinstance(bbox, list) or not all(
-            isinstance(v, int | float) and not isinstance(v, bool) for v in bbox
-        ):
-            raise ApiError(422, f"box {index}: bbox must be a list of 4 numbers, got {bbox!r}")
-    return boxes
 
 
 @router.post("/pseudo-labels", response_model=PseudoLabelResponse, responses=ERRORS)
@@ -66,7 +37,8 @@ async def pseudo_labels(
     ] = None,
     k: Annotated[int, Form(ge=1, description="number of samples (at most DISCOSEG_MAX_K)")] = 10,
     seed: Annotated[
-        int | None, Form(ge=0, lt=2**63, description="the same seed gives the same samples")
+        int | None,
+        Form(ge=0, lt=SEED_LIMIT, description="the same seed gives the same samples"),
     ] = None,
 ) -> PseudoLabelResponse:
     """Sample k instance segmentations of the image from the conditional network, each
@@ -77,11 +49,16 @@ async def pseudo_labels(
         raise ApiError(422, "give exactly one of the form fields tags or boxes")
     if k > settings.max_k:
         raise ApiError(422, f"k must be at most {settings.max_k}, got {k}")
+    tag_list = None if tags is None else parse_json(TagHints, tags, "tags")
+    box_list = None if boxes is None else parse_json(BoxHints, boxes, "boxes")
+    if box_list is not None and len(box_list) > settings.max_boxes:
+        raise ApiError(
+            422, f"{len(box_list)} boxes given; at most {settings.max_boxes} are accepted"
+        )
     try:
         hints = runtime.hints(
-            image.shape[:2],
-            tags=None if tags is None else parse_tags(tags),
-            boxes=None if boxes is None else parse_boxes(boxes, settings.max_boxes),
+            image.shape[:2], tags=tag_list,
+            boxes=None if box_list is None else [box.model_dump() for box in box_list],
         )
     except ValueError as error:
         raise ApiError(422, str(error), code="invalid_hints") from None
@@ -102,6 +79,6 @@ async def pseudo_labels(
             diversity=diversity(samples),
         )
 
-    result = await runtime.submit(work)
+    result = await runtime.submit(work, operation="pseudo_labels", units=k * megapixels(image))
     response.headers[MODEL_HEADER] = runtime.version
     return result

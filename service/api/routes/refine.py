@@ -1,6 +1,5 @@
 """POST /v1/refine: candidate masks of one object consistent with clicked points and a box."""
 
-import json
 from typing import Annotated
 
 import numpy as np
@@ -8,64 +7,34 @@ from fastapi import APIRouter, Form, Response
 from pycocotools import mask as mask_utils
 
 from models.refinement import PointPrompt
-from service.api.deps import AppSettings, Model, UploadedImage
-from service.api.routes.pseudo_labels import json_list
+from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.api.routes.segment import ERRORS, MODEL_HEADER
 from service.errors import ApiError
-from service.schemas import RefineResponse, encode_instances
+from service.imaging import megapixels
+from service.schemas import (
+    MAX_POINTS,
+    BoxPrompt,
+    MaskHint,
+    PointHints,
+    RefineResponse,
+    encode_instances,
+    parse_json,
+)
 
 router = APIRouter(tags=["refine"])
 
-MAX_POINTS = 100
-_POINTS = 'JSON list of [x, y] pixels, e.g. [[120, 80], [131.5, 92]]'
+_POINTS = f"JSON list of at most {MAX_POINTS} [x, y] pixels, e.g. [[120, 80], [131.5, 92]]"
 
 
-def parse_points(name: str, text: str | None) -> list[list[float]]:
-    points = json_list(name, text) if text else []
-    if len(points) > MAX_POINTS:
-        raise ApiError(422, f"{len(points)} {name} points given; at most {MAX_POINTS} accepted")
-    for index, point in enumerate(points):
-        if not (isinstance(point, list) and len(point) == 2 and all(_is_number(v) for v in point)):
-            raise ApiError(422, f"{name} point {index}: expected [x, y] numbers, got {point!r}")
-    return points
-
-
-def parse_box(text: str | None) -> list[float] | None:
-    if not text:
-        return None
-    box = json_list("box", text)
-    if len(box) != 4 or not all(_is_number(v) for v in box):
-        raise ApiError(422, f"box must be [x0, y0, x1, y1] numbers, got {box!r}")
-    return box
-
-
-def parse_mask(text: str | None, image_size: tuple[int, int]) -> np.ndarray | None:
-    """bool[H, W] of a COCO RLE `{"size": [H, W], "counts": str}` JSON object."""
-    if not text:
-        return None
-    try:
-        rle = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ApiError(422, f"mask is not valid JSON: {error}") from None
-    if not (isinstance(rle, dict) and isinstance(rle.get("counts"), str)
-            and isinstance(rle.get("size"), list)):
-        raise ApiError(422, 'mask must be a COCO RLE {"size": [height, width], "counts": "..."}')
-    if rle["size"] != list(image_size):
+def _current_mask(text: str, image_size: tuple[int, int]) -> np.ndarray:
+    """bool[H, W] of the `mask` form field, a COCO RLE the size of the image."""
+    rle = parse_json(MaskHint, text, "mask")
+    if tuple(rle.size) != image_size:
         raise ApiError(
-            422, f"mask size {rle['size']} differs from the image's [height, width] "
+            422, f"mask size {rle.size} differs from the image's [height, width] "
             f"{list(image_size)}"
         )
-    try:
-        mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
-    except Exception as error:  # pycocotools raises several types for malformed counts
-        raise ApiError(422, f"mask counts cannot be decoded: {error}") from None
-    if mask.shape != image_size:
-        raise ApiError(422, "mask counts do not cover the image")
-    return mask.astype(bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    return mask_utils.decode({"size": rle.size, "counts": rle.counts.encode()}).astype(bool)
 
 
 @router.post("/refine", response_model=RefineResponse, responses=ERRORS)
@@ -92,21 +61,23 @@ async def refine(
     ] = None,
     k: Annotated[int, Form(ge=1, description="candidates (at most DISCOSEG_MAX_K)")] = 3,
     seed: Annotated[
-        int | None, Form(ge=0, lt=2**63, description="the same seed gives the same candidates")
+        int | None,
+        Form(ge=0, lt=SEED_LIMIT, description="the same seed gives the same candidates"),
     ] = None,
 ) -> RefineResponse:
     """Up to k candidate masks of one object, best first, each consistent with the clicks:
     every `positive` point inside, no `negative` point inside, and inside `box` when given
     (at least one positive point or a box is needed). Scored by the conditional network."""
-    label = label or None  # an empty form field counts as absent
+    # An empty form field counts as absent.
+    label, mask = label or None, mask or None
     if k > settings.max_k:
         raise ApiError(422, f"k must be at most {settings.max_k}, got {k}")
     image_size = image.shape[:2]
+    points_in = parse_json(PointHints, positive, "positive") if positive else []
+    points_out = parse_json(PointHints, negative, "negative") if negative else []
+    box_around = parse_json(BoxPrompt, box, "box") if box else None
     try:
-        prompt = PointPrompt.from_lists(
-            parse_points("positive", positive), parse_points("negative", negative),
-            parse_box(box),
-        )
+        prompt = PointPrompt.from_lists(points_in, points_out, box_around)
         prompt.validate(image_size)
         if label is not None and label not in runtime.classes:
             raise ValueError(
@@ -114,7 +85,7 @@ async def refine(
             )
     except ValueError as error:
         raise ApiError(422, str(error), code="invalid_hints") from None
-    current = parse_mask(mask, image_size)
+    current = None if mask is None else _current_mask(mask, image_size)
 
     def work() -> RefineResponse:
         candidates = runtime.refine(
@@ -125,6 +96,6 @@ async def refine(
             candidates=encode_instances(candidates, runtime.classes),
         )
 
-    result = await runtime.submit(work)
+    result = await runtime.submit(work, operation="refine", units=k * megapixels(image))
     response.headers[MODEL_HEADER] = runtime.version
     return result

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Form, Query, Response
 
 from service.api.deps import Model, UploadedImage
 from service.errors import ApiError
-from service.imaging import overlay_png
+from service.imaging import megapixels, overlay_png
 from service.schemas import ErrorResponse, SegmentResponse, encode_instances
 
 router = APIRouter(tags=["segment"])
@@ -42,10 +42,12 @@ async def segment(
         Literal["json", "png"], Query(description="json: instances; png: overlay image")
     ] = "json",
     score_threshold_form: Annotated[
-        float | None, Form(alias="score_threshold", ge=0, le=1, description=_THRESHOLD)
+        float | None,
+        Form(alias="score_threshold", ge=0, le=1, allow_inf_nan=False, description=_THRESHOLD),
     ] = None,
     score_threshold_query: Annotated[
-        float | None, Query(alias="score_threshold", ge=0, le=1, description=_THRESHOLD)
+        float | None,
+        Query(alias="score_threshold", ge=0, le=1, allow_inf_nan=False, description=_THRESHOLD),
     ] = None,
     max_instances_form: Annotated[
         int | None, Form(alias="max_instances", ge=1, le=100, description=_MAX)
@@ -73,7 +75,7 @@ async def segment(
             instances=encode_instances(instances, runtime.classes),
         )
 
-    result = await runtime.submit(work)
+    result = await runtime.submit(work, operation="segment", units=megapixels(image))
     headers = {MODEL_HEADER: runtime.version}
     if isinstance(result, bytes):
         return Response(result, media_type="image/png", headers=headers)
