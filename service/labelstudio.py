@@ -10,6 +10,8 @@ Hints: the interactive context's (or else the task's last annotation's) rectangl
 hints, its choices and taxonomy tags, its keypoints clicks (positive unless is_positive is
 false). Given clicks the refinement candidates are the predictions; given boxes or tags the K
 conditional samples; without hints the prediction network's instances (one prediction).
+Tasks and contexts arrive as the dicts of service.schemas' validated Label Studio models, so
+their values have the types read here.
 """
 
 import base64

@@ -219,7 +219,17 @@ def test_webhook_records_annotation_events_and_ignores_others(make_client, tmp_p
         ({"tasks": [], "label_config": "<View><Image name='i' value='$i'/></View>"},
          "invalid_label_config", "has none of BrushLabels"),
         ({"label_config": BRUSH}, "validation_error", "tasks"),
-        ({"tasks": "x", "label_config": BRUSH}, "validation_error", "tasks"),
+        ({"tasks": "x", "label_config": BRUSH}, "validation_error", "body.tasks: Input should"),
+        ({"tasks": [{"id": "1", "data": {}}], "label_config": BRUSH}, "validation_error",
+         "body.tasks[0].id"),
+        ({"tasks": [{"data": {}, "annotations": [{"result": [
+            {"type": "rectanglelabels", "value": {"x": "1", "y": 2, "width": 3, "height": 4}}]}]}],
+          "label_config": BRUSH}, "validation_error",
+         "body.tasks[0].annotations[0].result[0].value.x"),
+        ({"tasks": [{"data": {}, "annotations": [{"result": [
+            {"type": "brushlabels", "value": {"rle": [256]}}]}]}], "label_config": BRUSH},
+         "validation_error", "value.rle[0]: Input should be less than or equal to 255"),
+        ({"tasks": [], "label_config": 5}, "validation_error", "body.label_config"),
     ],
 )
 def test_bad_predict_requests_are_4xx(client, body: dict, code: str, message: str) -> None:
@@ -227,6 +237,50 @@ def test_bad_predict_requests_are_4xx(client, body: dict, code: str, message: st
     assert response.status_code == 422, response.text
     assert response.json()["error"]["code"] == code
     assert message in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("path", "content", "message"),
+    [
+        ("/ls/predict", b'{"tasks": [], "label_config": ', "body: Invalid JSON"),
+        ("/ls/predict", b"[" * 100_000, "recursion limit"),
+        ("/ls/predict", b'{"tasks": [{"id": 1' + b"0" * 5000 + b', "data": {}}]}',
+         "too many digits"),
+        ("/ls/predict", b'{"tasks": [], "label_config": "", "params": {"context": {"result": '
+         b'[{"type": "keypointlabels", "value": {"x": NaN, "y": 1}}]}}}',
+         "body.params.context.result[0].value.x: Input should be a finite number"),
+        ("/ls/setup", b'{"project": 7}', "body.project: Input should be a valid string"),
+        ("/ls/setup", b'{"hostname": "' + b"h" * 3000 + b'"}', "body.hostname"),
+        ("/ls/webhook", b'{"action": ["ANNOTATION_CREATED"]}', "body.action"),
+        ("/ls/webhook", b'{"action": "ANNOTATION_CREATED", "task": {"x": [Infinity]}}',
+         "body: NaN and infinity are not JSON numbers"),
+    ],
+)
+def test_label_studio_bodies_are_validated(client, path: str, content: bytes, message: str) -> None:
+    response = client.post(path, content=content, headers={"Content-Type": "application/json"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "validation_error" and message in error["message"], error
+
+
+def test_results_of_other_kinds_carry_no_labels(client) -> None:
+    """A text area or a result whose type names another value field is no hint (and no 500)."""
+    task = {"id": 1, "data": {"image": data_url(3)}, "annotations": [{"result": [
+        {"type": "textarea", "value": {"text": ["a note"]}},
+        {"type": "x", "value": {"x": 5.0, "y": 5.0}},
+    ]}]}
+    body = predict(client, [task])
+    assert body["warnings"] == [] and len(body["results"][0]) == 1
+
+
+def test_openapi_documents_the_label_studio_bodies(client) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    predict_body = paths["/ls/predict"]["post"]["requestBody"]["content"]["application/json"]
+    schema = predict_body["schema"]
+    assert set(schema["required"]) == {"tasks", "label_config"}
+    assert "$ref" not in json.dumps(schema)
+    assert "schema" in paths["/ls/setup"]["post"]["requestBody"]["content"]["application/json"][
+        "schema"]["properties"]
 
 
 def test_with_api_keys_label_studio_authenticates_with_basic_auth(make_client) -> None:

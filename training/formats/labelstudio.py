@@ -27,6 +27,8 @@ _MAX_RUN = 1 << _RUN_FIELD_BITS[-1]
 _UPLOAD_PREFIX = re.compile(r"^[0-9a-f]{8}-")
 LABEL_TAGS = ("BrushLabels", "PolygonLabels", "RectangleLabels")
 TAG_TAGS = ("Choices", "Taxonomy")
+# The result types whose value lists label names under the type's own key.
+NAMED_RESULTS = ("brushlabels", "polygonlabels", "rectanglelabels", "keypointlabels", "choices")
 
 
 def encode_brush(mask: np.ndarray) -> list[int]:
@@ -215,12 +217,13 @@ def result_box(result: dict, height: int, width: int) -> tuple[float, ...] | Non
 
 
 def result_labels(result: dict) -> list[str]:
-    """The label names a result carries (for Taxonomy, the leaf of each path)."""
+    """The label names a result carries (for Taxonomy, the leaf of each path); none for
+    result types that carry no labels (text areas, ratings, ...)."""
     value = result.get("value", {})
     kind = result.get("type", "")
     if kind == "taxonomy":
         return [path[-1] for path in value.get("taxonomy", []) if path]
-    return [str(v) for v in value.get(kind, [])]
+    return [str(v) for v in value.get(kind, [])] if kind in NAMED_RESULTS else []
 
 
 def export_tasks(labels: LabelSet, config: LabelConfig | None = None,

@@ -6,10 +6,11 @@ import threading
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Request
+from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppSettings, Model
+from service.api.deps import AppSettings, Model, json_body, json_body_docs
+from service.api.routes.segment import ERRORS
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.labelstudio import (
@@ -22,6 +23,7 @@ from service.labelstudio import (
     task_operation,
 )
 from service.schemas import (
+    LabelStudioEvent,
     LabelStudioHealth,
     LabelStudioPredictRequest,
     LabelStudioPredictResponse,
@@ -65,9 +67,11 @@ async def health(runtime: Model) -> LabelStudioHealth:
     return LabelStudioHealth(status="UP", model_class=MODEL_CLASS, model_version=runtime.version)
 
 
-@router.post("/setup", response_model=LabelStudioSetupResponse)
+@router.post("/setup", response_model=LabelStudioSetupResponse, responses=ERRORS,
+             openapi_extra=json_body_docs(LabelStudioSetupRequest))
 async def setup(
-    request: Request, runtime: Model, body: LabelStudioSetupRequest
+    request: Request, runtime: Model,
+    body: Annotated[LabelStudioSetupRequest, json_body(LabelStudioSetupRequest)],
 ) -> LabelStudioSetupResponse:
     """Records where the project's images are hosted; answers at once (the model is loaded)."""
     if body.schema_ is not None:
@@ -78,9 +82,11 @@ async def setup(
     return LabelStudioSetupResponse(model_version=runtime.version)
 
 
-@router.post("/predict", response_model=LabelStudioPredictResponse)
+@router.post("/predict", response_model=LabelStudioPredictResponse, responses=ERRORS,
+             openapi_extra=json_body_docs(LabelStudioPredictRequest))
 async def predict(
-    request: Request, runtime: Model, settings: AppSettings, body: LabelStudioPredictRequest
+    request: Request, runtime: Model, settings: AppSettings,
+    body: Annotated[LabelStudioPredictRequest, json_body(LabelStudioPredictRequest)],
 ) -> LabelStudioPredictResponse:
     """Predictions for each task, in task order: a list of predictions per task (K samples or
     refinement candidates best first given hints, else the prediction network's instances).
@@ -99,9 +105,10 @@ async def predict(
         settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key
         else None,
     )
-    context = (body.params or {}).get("context")
+    context = body.params.context if body.params else None
+    context = None if context is None else context.model_dump(exclude_none=True)
     results = []
-    for task in body.tasks:
+    for task in (t.model_dump(exclude_none=True) for t in body.tasks):
         try:
             image = await run_in_threadpool(
                 task_image, task, config, source, max_bytes=settings.max_upload_bytes,
@@ -126,15 +133,17 @@ async def predict(
     )
 
 
-@router.post("/webhook")
-def webhook(settings: AppSettings, event: Annotated[dict, Body()]) -> dict:
+@router.post("/webhook", responses=ERRORS, openapi_extra=json_body_docs(LabelStudioEvent))
+def webhook(
+    settings: AppSettings, event: Annotated[LabelStudioEvent, json_body(LabelStudioEvent)]
+) -> dict:
     """Records annotation events (JSON lines in DISCOSEG_LABEL_STUDIO_EVENTS) for training;
     other events are ignored."""
-    action = event.get("action")
+    action = event.action
     if action not in TRAINING_EVENTS:
         return {"status": "ignored", "action": action}
     path = settings.label_studio_events
-    line = json.dumps({"received_at": time.time(), **event})
+    line = json.dumps({"received_at": time.time(), **event.model_dump()})
     with _events_lock:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("a") as log:
