@@ -101,10 +101,39 @@ def test_jobs_read_csv_labelstudio_and_cvat_files_under_the_data_root(finished_j
         assert response.status_code == 202, (name, response.text)
         status = wait_finished(client, response.json()["id"])
         assert status["state"] == "succeeded" and status["errors"] == [], (name, status)
-    response = client.post("/v1/jobs", files={"coco": ("labels", b"file,tags\n../x.png,disc\n")},
-                           data={"annotation_format": "csv"})
-    assert response.status_code == 400
-    response = client.post("/v1/jobs", files={"coco": ("labels", b"nope")},
-                           data={"annotation_format": "cvat"})
-    assert response.status_code == 400
-    assert response.json()["error"]["code"] == "invalid_annotations"
+
+
+@pytest.mark.parametrize(
+    ("annotation_format", "content", "message"),
+    [
+        ("csv", b"file,tags\n../x.png,disc\n", "'../x.png' is not inside the images folder"),
+        ("csv", b"file,tags\nnothere.png,disc\n", "'nothere.png' is not in the images folder"),
+        ("csv", b"file,label,x0,y0,x1,y1\nls0.png,disc,1,2,NaN,4\n", "must be finite"),
+        ("cvat", b"nope", "not CVAT XML"),
+        ("cvat", b'<annotations><image id="0" name="ls0.png" width="200000" height="200000">'
+         b'<mask label="disc" left="0" top="0" width="1" height="1" rle="0,1"/></image>'
+         b"</annotations>", "200000x200000 pixels, more than the 16000000"),
+        ("labelstudio", b"[" * 100_000, "coco: Invalid JSON: recursion limit"),
+        ("labelstudio", b'[{"id": 1' + b"0" * 5000 + b', "data": {}}]', "too many digits"),
+        ("labelstudio", b'[{"data": {"image": "ls0.png"}, "annotations": [{"result": [{"type": '
+         b'"rectanglelabels", "value": {"x": NaN, "y": 0, "width": 1, "height": 1}}]}]}]',
+         "coco[0].annotations[0].result[0].value.x: Input should be a finite number"),
+        ("labelstudio", b'[{"data": {"image": "ls0.png"}, "annotations": [{"result": [{"type": '
+         b'"choices", "original_width": "96", "value": {"choices": ["disc"]}}]}]}]',
+         "coco[0].annotations[0].result[0].original_width"),
+        ("labelstudio", b'{"tasks": []}', "coco: Input should be a valid"),
+        ("labelstudio", b'[{"data": {"image": "ls0.png"}, "annotations": [{"result": [{"type": '
+         b'"brushlabels", "original_width": 100000, "original_height": 100000, "value": '
+         b'{"rle": [0], "brushlabels": ["disc"]}}]}]}]', "100000x100000 pixels"),
+    ],
+)
+def test_bad_annotation_files_are_422_naming_the_problem(
+    finished_job, annotation_format: str, content: bytes, message: str
+) -> None:
+    client, _, _, settings = finished_job
+    response = client.post("/v1/jobs", files={"coco": ("labels", content)},
+                           data={"annotation_format": annotation_format, "hints": "tags"})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_annotations" and message in error["message"], error
+    assert str(settings.data_root.resolve()) not in response.text

@@ -299,20 +299,32 @@ def test_a_csv_of_boxes_imports_as_boxes(tmp_path: Path) -> None:
         ("name,tags\na.png,disc\n", "csv", "the CSV header must be"),
         ("file,label,x0,y0,x1,y1\na.png,disc,1,2,x,4\n", "csv", "line 2: x0, y0, x1, y1"),
         ("file,label,x0,y0,x1,y1\na.png,disc,5,2,1,4\n", "csv", "line 2: needs a label"),
-        ("file,tags\nmissing.png,disc\n", "csv", "missing.png cannot be read"),
+        ("file,tags\nmissing.png,disc\n", "csv", "'missing.png' is not in the images folder"),
+        ("file,tags\n../a.png,disc\n", "csv", "'../a.png' is not inside the images folder"),
+        ("file,tags\nb.txt,disc\n", "csv", "'b.txt' cannot be read as an image"),
+        ("file,label,x0,y0,x1,y1\na.png,disc,1,2,nan,4\n", "csv", "line 2: .* must be finite"),
+        ("file,label,x0,y0,x1,y1\na.png,disc,1,2,1e999,4\n", "csv", "must be finite"),
         ("{}", "labelstudio", "a JSON list of tasks"),
         ('[{"data": {"image": "a.png"}, "annotations": [{"result": []}]}]', "labelstudio",
          "no result gives the image size"),
         ("<notcvat/>", "cvat", "the root is <notcvat>"),
         ("<annotations", "cvat", "not CVAT XML"),
+        ('<annotations><image id="0" name="a.png" width="100000" height="100000"/></annotations>',
+         "cvat", r"image a.png: the image is 100000x100000 pixels, more than the 1000000"),
+        ('<annotations><image id="0" name="a.png" width="0" height="5"/></annotations>',
+         "cvat", "image a.png: the image size 0x5 is not positive"),
+        ('[{"data": {"image": "a.png"}, "annotations": [{"result": [{"type": "choices", '
+         '"original_width": 5000, "original_height": 5000, "value": {"choices": ["a"]}}]}]}]',
+         "labelstudio", "task 0: the image is 5000x5000 pixels"),
         ("[1]", "coco", "a COCO annotation file is a JSON object"),
     ],
 )
 def test_bad_imports_say_what_is_wrong(tmp_path: Path, content: str, source: str,
                                        message: str) -> None:
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "b.txt").write_text("not an image")
     with pytest.raises(ValueError, match=message):
-        parse_labels(content.encode(), source, tmp_path)
+        parse_labels(content.encode(), source, tmp_path, max_pixels=1_000_000)
 
 
 # ---- the commands ----

@@ -45,11 +45,14 @@ def export_files(labels: LabelSet, to: str) -> dict[str, bytes]:
     raise ValueError(f"unknown export format {to!r}; use one of {', '.join(EXPORT_FORMATS)}")
 
 
-def parse_labels(data: bytes, source: str, images: Path | None = None) -> LabelSet:
+def parse_labels(
+    data: bytes, source: str, images: Path | None = None, *, max_pixels: int | None = None
+) -> LabelSet:
     """The labels of an annotation file's content in format `source` (one of IMPORT_FORMATS);
-    a CSV table needs the folder of its images. Raises ValueError naming the problem."""
+    a CSV table needs the folder of its images. Raises ValueError naming the problem, among
+    them a Label Studio or CVAT image of more than `max_pixels` pixels."""
     if source == "cvat":
-        return cvat.import_xml(data)
+        return cvat.import_xml(data, max_pixels=max_pixels)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as error:
@@ -66,7 +69,7 @@ def parse_labels(data: bytes, source: str, images: Path | None = None) -> LabelS
     except json.JSONDecodeError as error:
         raise ValueError(f"the {source} file is not JSON: {error}") from None
     if source == "labelstudio":
-        return labelstudio.import_tasks(parsed)
+        return labelstudio.import_tasks(parsed, max_pixels=max_pixels)
     if not isinstance(parsed, dict):
         raise ValueError("a COCO annotation file is a JSON object")
     return labels_from_coco(parsed)

@@ -12,7 +12,13 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 
-from training.formats.labels import ImageLabels, Instance, LabelSet, ordered_classes
+from training.formats.labels import (
+    ImageLabels,
+    Instance,
+    LabelSet,
+    check_image_size,
+    ordered_classes,
+)
 from training.formats.polygons import polygons_mask
 
 
@@ -101,9 +107,12 @@ def export_xml(labels: LabelSet) -> bytes:
     return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
-def import_xml(text: bytes | str, classes: tuple[str, ...] = ()) -> LabelSet:
+def import_xml(
+    text: bytes | str, classes: tuple[str, ...] = (), *, max_pixels: int | None = None
+) -> LabelSet:
     """The labels of CVAT for images 1.1 XML: masks and polygons become masks, boxes boxes,
-    tags tags; the class list is the file's labels. Raises ValueError naming the problem."""
+    tags tags; the class list is the file's labels. Raises ValueError naming the problem (an
+    image of more than `max_pixels` pixels among them)."""
     try:
         root = ET.fromstring(text)
     except ET.ParseError as error:
@@ -119,6 +128,7 @@ def import_xml(text: bytes | str, classes: tuple[str, ...] = ()) -> LabelSet:
             image_id = int(element.get("id", position)) + 1
         except (TypeError, ValueError):
             raise ValueError(f"{where}: needs integer id, width and height") from None
+        check_image_size(where, width, height, max_pixels)
         instances, tags = [], []
         for shape in element:
             label = shape.get("label")

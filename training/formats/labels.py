@@ -221,6 +221,17 @@ def to_coco(labels: LabelSet, *, polygons: bool = False) -> dict:
     }
 
 
+def check_image_size(where: str, width: int, height: int, max_pixels: int | None) -> None:
+    """ValueError naming `where` unless width and height are positive and, given max_pixels,
+    width x height is at most that (checked before any mask of the image is decoded)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"{where}: the image size {width}x{height} is not positive")
+    if max_pixels is not None and width * height > max_pixels:
+        raise ValueError(
+            f"{where}: the image is {width}x{height} pixels, more than the {max_pixels} accepted"
+        )
+
+
 def ordered_classes(names: Iterable[str]) -> tuple[str, ...]:
     """The distinct names in first-seen order."""
     return tuple(dict.fromkeys(names))

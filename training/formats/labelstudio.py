@@ -17,7 +17,13 @@ from pathlib import PurePosixPath
 
 import numpy as np
 
-from training.formats.labels import ImageLabels, Instance, LabelSet, ordered_classes
+from training.formats.labels import (
+    ImageLabels,
+    Instance,
+    LabelSet,
+    check_image_size,
+    ordered_classes,
+)
 from training.formats.polygons import mask_polygons, polygons_mask
 
 _WORD_BITS = 8
@@ -73,6 +79,8 @@ def decode_brush(rle: Iterable[int], height: int, width: int) -> np.ndarray:
         raise ValueError(f"the brush RLE holds {total} values, the {width}x{height} image "
                          f"{height * width * 4}")
     word = read(5) + 1
+    if word > _WORD_BITS:
+        raise ValueError(f"the brush RLE has {word}-bit values; RGBA bytes have 8")
     widths = [read(4) + 1 for _ in range(4)]
     out = np.zeros(total, dtype=np.uint8)
     index = 0
@@ -257,13 +265,16 @@ def default_config(classes: Iterable[str]) -> LabelConfig:
     return LabelConfig(controls=(control,), image_name="image", image_value="image")
 
 
-def import_tasks(tasks: list, classes: Iterable[str] = ()) -> LabelSet:
+def import_tasks(
+    tasks: list, classes: Iterable[str] = (), *, max_pixels: int | None = None
+) -> LabelSet:
     """The labels of a Label Studio JSON export (a list of tasks with `annotations`): brush and
     polygon results become masks, rectangles boxes, choices and taxonomy tags. Each task's last
     annotation that was not cancelled counts; sizes come from its results' original_width and
     original_height. `classes` come first in the class list, in their order.
 
-    Raises ValueError naming the task that cannot be read.
+    Raises ValueError naming the task that cannot be read (or whose image has more than
+    `max_pixels` pixels).
     """
     if not isinstance(tasks, list):
         raise ValueError("a Label Studio export is a JSON list of tasks")
@@ -282,6 +293,7 @@ def import_tasks(tasks: list, classes: Iterable[str] = ()) -> LabelSet:
         if not sized:
             raise ValueError(f"{where}: no result gives the image size (original_width)")
         width, height = int(sized[0]["original_width"]), int(sized[0]["original_height"])
+        check_image_size(where, width, height, max_pixels)
         instances, tags = [], []
         for result in results:
             found = result_labels(result)

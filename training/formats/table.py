@@ -1,9 +1,11 @@
 """A folder of images and a CSV table of their labels: `file,tags` (tags separated by `;` or
 `|`; an image per row) or `file,label,x0,y0,x1,y1` (a box per row, in pixels). The header row
-names the columns; image sizes are read from the files' headers."""
+names the columns; image sizes are read from the files' headers. A file name may not leave the
+folder (an absolute path, `..` or a link out of it is refused)."""
 
 import csv
 import io
+import math
 from pathlib import Path
 
 from PIL import Image
@@ -47,18 +49,35 @@ def import_table(text: str, images: Path) -> LabelSet:
             x0, y0, x1, y1 = (float(row[k]) for k in ("x0", "y0", "x1", "y1"))
         except (TypeError, ValueError):
             raise ValueError(f"CSV line {line}: x0, y0, x1, y1 must be numbers") from None
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise ValueError(f"CSV line {line}: x0, y0, x1, y1 must be finite")
         if not label or x1 <= x0 or y1 <= y0:
             raise ValueError(f"CSV line {line}: needs a label and a box with x0 < x1, y0 < y1")
         boxes[file_name].append(Instance(label, bbox=(x0, y0, x1, y1)))
         names.append(label)
     labelled = []
+    folder = Path(images).resolve()
     for image_id, file_name in enumerate(tags, start=1):
-        path = Path(images) / file_name
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, ValueError) as error:
-            raise ValueError(f"image {file_name} cannot be read under {images}: {error}") from None
+        width, height = _image_size(folder, file_name)
         labelled.append(ImageLabels(image_id, file_name, width, height,
                                     tuple(boxes[file_name]), tuple(sorted(tags[file_name]))))
     return LabelSet(classes=ordered_classes(names), images=tuple(labelled))
+
+
+
+def _image_size(folder: Path, file_name: str) -> tuple[int, int]:
+    """(width, height) of image `file_name` inside `folder`; ValueError naming the file but not
+    the folder (the message may reach a client of the service)."""
+    try:
+        path = (folder / file_name).resolve()
+    except (OSError, ValueError):
+        raise ValueError(f"image {file_name!r} is not a valid path") from None
+    if not path.is_relative_to(folder):
+        raise ValueError(f"image {file_name!r} is not inside the images folder")
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except FileNotFoundError:
+        raise ValueError(f"image {file_name!r} is not in the images folder") from None
+    except (OSError, ValueError):
+        raise ValueError(f"image {file_name!r} cannot be read as an image") from None

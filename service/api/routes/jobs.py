@@ -16,13 +16,13 @@ import json
 import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from service.api.deps import SEED_LIMIT, AppSettings
+from service.core.config import Settings
 from service.errors import ApiError
 from service.jobs.backend import JobBackend, JobNotFinished
 from service.jobs.model import JobRecord, JobSpec, LabelOptions, is_job_id
@@ -36,7 +36,7 @@ from service.jobs.staging import (
     stage_uploads,
 )
 from service.jobs.state import JobBackendUnavailable
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, JsonFieldError, LabelStudioExport, parse_json
 from training.formats import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
@@ -46,6 +46,7 @@ from training.formats import (
     parse_labels,
     to_coco,
 )
+from training.formats.labelstudio import import_tasks
 
 router = APIRouter(tags=["jobs"])
 
@@ -103,18 +104,25 @@ def _backend_errors() -> Iterator[None]:
         raise ApiError(error.status, str(error), code=error.code) from None
 
 
-def _as_coco(text: bytes, annotation_format: str, data_root: Path) -> str:
-    """The COCO JSON of an annotation file in another format (CSV image sizes are read under
-    the data root, whose paths the file may not leave)."""
+def _as_coco(text: bytes, annotation_format: str, settings: Settings) -> str:
+    """The COCO JSON of an annotation file in another format. Label Studio JSON goes through
+    parse_json; images larger than DISCOSEG_MAX_IMAGE_PIXELS are refused before their masks
+    are decoded; CSV image sizes are read under the data root, whose paths no file may leave."""
+    data_root, max_pixels = settings.data_root, settings.max_image_pixels
     try:
-        labels = parse_labels(text, annotation_format, data_root)
+        if annotation_format == "labelstudio":
+            tasks = parse_json(LabelStudioExport, text, "coco", code="invalid_annotations")
+            labels = import_tasks([task.model_dump(exclude_none=True) for task in tasks],
+                                  max_pixels=max_pixels)
+        else:
+            labels = parse_labels(text, annotation_format, data_root, max_pixels=max_pixels)
         for image in labels.images:
             resolve_under(data_root, image.file_name)
-    except StagingError:
+    except (StagingError, JsonFieldError):
         raise
     except ValueError as error:
         message = f"the {annotation_format} file: {error}"
-        raise StagingError("invalid_annotations", message) from None
+        raise StagingError("invalid_annotations", message, 422) from None
     return json.dumps(to_coco(labels))
 
 
@@ -194,7 +202,7 @@ def create_job(
                 if len(text) > settings.max_upload_bytes:
                     raise ApiError(413, f"the COCO file exceeds {settings.max_upload_bytes} bytes")
                 if annotation_format != "coco":
-                    text = _as_coco(text, annotation_format, settings.data_root)
+                    text = _as_coco(text, annotation_format, settings)
                 items = stage_coco(text, settings.data_root, hints_mode=hints,
                                    max_files=settings.max_files_per_job)
             else:
