@@ -10,7 +10,14 @@ DEMO_MODEL := $(DEMO)/model.pt
 BUNDLE_FORMAT := $(shell sed -n 's/^FORMAT_VERSION = //p' models/bundle.py)
 DEMO_FORMAT_STAMP := $(DEMO)/.bundle-format-$(BUNDLE_FORMAT)
 
-.PHONY: install test lint bench run demo-model
+.PHONY: install test lint bench run demo-model test-integrations
+
+# Label Studio and datumaro pin versions that conflict with ours (redis, numpy, pillow, opencv):
+# each lives in its own environment, used by the integration tests as a separate program.
+LS_VENV := .venv-ls
+FORMATS_VENV := .venv-formats
+LABEL_STUDIO_VERSION := 1.23.2
+DATUMARO_VERSION := 1.13.12
 
 install: $(STAMP)
 
@@ -43,6 +50,21 @@ lint: $(STAMP)
 
 test: lint
 	$(VENV)/bin/pytest
+
+$(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
+	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
+	$(LS_VENV)/bin/python -m pip install --quiet label-studio==$(LABEL_STUDIO_VERSION)
+	touch $@
+
+$(FORMATS_VENV)/.installed-$(DATUMARO_VERSION):
+	test -x $(FORMATS_VENV)/bin/python || python3 -m venv $(FORMATS_VENV)
+	$(FORMATS_VENV)/bin/python -m pip install --quiet datumaro==$(DATUMARO_VERSION)
+	touch $@
+
+# The end-to-end run with a real Label Studio server and the datumaro read-backs of the exports.
+test-integrations: $(STAMP) $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION) $(FORMATS_VENV)/.installed-$(DATUMARO_VERSION)
+	$(VENV)/bin/pytest -m integration tests/service/test_labelstudio_server.py
+	$(VENV)/bin/pytest tests/training/test_formats.py -k datumaro
 
 bench: $(STAMP)
 	$(PYTHON) bench/proposals.py

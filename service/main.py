@@ -7,6 +7,7 @@ Run with `discoseg serve --model BUNDLE`, or `uvicorn --factory service.main:cre
 (settings from DISCOSEG_* environment variables).
 """
 
+import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 
@@ -16,7 +17,16 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api.deps import api_key_scheme
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
-from service.api.routes import health, jobs, models, page, pseudo_labels, segment
+from service.api.routes import (
+    health,
+    jobs,
+    labelstudio,
+    models,
+    page,
+    pseudo_labels,
+    refine,
+    segment,
+)
 from service.core.config import Settings, get_settings
 from service.errors import install_error_handlers
 from service.jobs import create_backend
@@ -29,9 +39,9 @@ FORM_ALLOWANCE_BYTES = 1 << 20
 
 
 def guarded_by_api_key(path: str) -> bool:
-    """The API and the metrics need a key when DISCOSEG_API_KEYS is set; the page, the
-    probes' status and the docs do not."""
-    return path.startswith("/v1/") or path == "/metrics"
+    """The API, the Label Studio backend and the metrics need a key when DISCOSEG_API_KEYS is
+    set; the page, the probes' status and the docs do not."""
+    return path.startswith(("/v1/", "/ls/")) or path == "/metrics"
 
 
 def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None = None) -> FastAPI:
@@ -77,8 +87,11 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     v1 = {"prefix": "/v1", "dependencies": [Depends(api_key_scheme)]}
     app.include_router(segment.router, **v1)
     app.include_router(pseudo_labels.router, **v1)
+    app.include_router(refine.router, **v1)
     app.include_router(models.router, **v1)
     app.include_router(jobs.router, **v1)
+    # Label Studio authenticates with Basic auth (its ML backend settings), the key as password.
+    app.include_router(labelstudio.router, prefix="/ls", dependencies=[Depends(api_key_scheme)])
     app.include_router(health.router)
     app.include_router(page.router)
     app.mount(page.STATIC_PREFIX, page.static_files(), name="static")
@@ -86,10 +99,14 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
     # Added innermost first: a request meets the metrics, CORS, the origin check, the API key
     # check and then the body limit.
     upload_limit = settings.max_upload_bytes + FORM_ALLOWANCE_BYTES
+    # Label Studio posts JSON tasks, whose image may travel inline as a base64 data: URL.
+    label_studio_limit = math.ceil(settings.max_upload_bytes * 4 / 3) + FORM_ALLOWANCE_BYTES
     app.add_middleware(
         BodyLimitMiddleware,
         limits={"/v1/segment": upload_limit, "/v1/pseudo-labels": upload_limit,
-                "/v1/jobs": settings.max_job_bytes + FORM_ALLOWANCE_BYTES},
+                "/v1/refine": upload_limit,
+                "/v1/jobs": settings.max_job_bytes + FORM_ALLOWANCE_BYTES,
+                "/ls/predict": label_studio_limit, "/ls/webhook": label_studio_limit},
         default=FORM_ALLOWANCE_BYTES,
     )
     app.add_middleware(ApiKeyMiddleware, settings=settings, guarded=guarded_by_api_key)

@@ -33,6 +33,7 @@ from models.annotations import Annotation, BoxAnnotation, boxes_from_records, ta
 from models.bundle import ModelBundle, file_digest, load_bundle
 from models.delta import delta_matrix
 from models.proposals import propose
+from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
 from service.core.config import Settings
 from service.metrics import Metrics
@@ -335,6 +336,44 @@ class ModelRuntime:
                 raise InconsistentHints(
                     f"no segmentation consistent with the hints was found: {error}"
                 ) from error
+
+    def refine(
+        self,
+        image: np.ndarray,
+        prompt: PointPrompt,
+        *,
+        k: int = 3,
+        label: str | None = None,
+        current_mask: np.ndarray | None = None,
+        seed: int | None = None,
+    ) -> InstanceSet:
+        """At most k distinct masks consistent with the prompt's points and box, best first
+        (models.refinement), from the conditional network's scores of the image's proposals
+        (box-conditioned given a box). label: the object's class name, or None for each mask's
+        best class; current_mask: bool[H, W], the mask being corrected.
+
+        Raises ValueError for an invalid prompt or label, and InconsistentHints (a ValueError)
+        when no consistent mask exists.
+        """
+        prompt.validate(image.shape[:2])
+        if current_mask is not None and current_mask.shape != image.shape[:2]:
+            raise ValueError(
+                f"the current mask is {current_mask.shape[1]}x{current_mask.shape[0]}, the "
+                f"image {image.shape[1]}x{image.shape[0]}"
+            )
+        label_id = None if label is None else tags_from_names([label], self.classes).labels[0]
+        box_array = None if prompt.box is None else prompt.box[None].numpy()
+        proposals = self.proposals(image, box_array)
+        current = None if current_mask is None else torch.from_numpy(current_mask.astype(bool))
+        generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
+        with self.metrics.time_model("refine"):
+            try:
+                return refine(
+                    self.bundle.conditional, image, proposals, prompt, k,
+                    label=label_id, current=current, generator=generator,
+                )
+            except ValueError as error:
+                raise InconsistentHints(str(error)) from error
 
 
 def diversity(samples: list[InstanceSet]) -> float:

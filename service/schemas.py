@@ -1,12 +1,14 @@
 """Request and response bodies of the HTTP API; masks travel as COCO RLE (pycocotools).
 
-Client JSON (the `tags`, `boxes` and `annotations` form fields, COCO uploads) is read by one
+Client JSON (the `tags`, `boxes` and `annotations` form fields, the points, box and mask of a
+refinement, COCO and Label Studio uploads, the bodies Label Studio posts to /ls) is read by one
 validating parser, `parse_json`, into the models here: whatever is wrong with it (syntax, depth,
-numbers beyond 64 bits, wrong types, NUL bytes in file names) becomes a JsonFieldError naming
-the field, which the API answers with a 422.
+numbers beyond 64 bits, NaN, wrong types, NUL bytes in file names) becomes a JsonFieldError
+naming the field, which the API answers with a 422.
 """
 
-from typing import Annotated, TypeVar
+import json
+from typing import Annotated, Any, TypeVar
 
 import numpy as np
 from pycocotools import mask as mask_utils
@@ -17,6 +19,7 @@ from pydantic import (
     Field,
     TypeAdapter,
     ValidationError,
+    model_validator,
 )
 
 from models.structures import InstanceSet
@@ -72,9 +75,42 @@ class PseudoLabelResponse(BaseModel):
     )
 
 
+class RefineResponse(BaseModel):
+    model: str = MODEL_FIELD
+    width: int
+    height: int
+    candidates: list[Instance] = Field(
+        description="at most k distinct masks, best first; each holds every positive point, no "
+        "negative point and lies inside the box (when given); score: the probability of its "
+        "class under the conditional network"
+    )
+
+
+class LabelStudioHealth(BaseModel):
+    status: str = Field(examples=["UP"])
+    model_class: str
+    model_version: str
+
+
+class LabelStudioSetupResponse(BaseModel):
+    model_version: str
+
+
+class LabelStudioPredictResponse(BaseModel):
+    results: list[list[dict]] = Field(
+        description="per task, its predictions best first: {result, score, model_version}"
+    )
+    model_version: str
+    warnings: list[str] = Field(
+        description="labels of the config the model lacks, tasks that could not be predicted"
+    )
+
+
 # Client JSON is read strictly (no "1" for 1, no true for 1) and without NaN or infinity.
 _CLIENT_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
-_COCO_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
+# What other tools write (COCO files, Label Studio's requests and exports): fields not read here
+# are ignored.
+_EXPORT_JSON = ConfigDict(strict=True, allow_inf_nan=False, extra="ignore")
 
 Int64 = Annotated[int, Field(ge=-(2**63), lt=2**63)]
 Bbox = Annotated[list[float], Field(min_length=4, max_length=4)]
@@ -115,21 +151,21 @@ JobAnnotations = TypeAdapter(dict[FileName, ImageHints])
 
 
 class CocoImage(BaseModel):
-    model_config = _COCO_JSON
+    model_config = _EXPORT_JSON
 
     id: Int64
     file_name: FileName
 
 
 class CocoCategory(BaseModel):
-    model_config = _COCO_JSON
+    model_config = _EXPORT_JSON
 
     id: Int64
     name: str
 
 
 class CocoAnnotation(BaseModel):
-    model_config = _COCO_JSON
+    model_config = _EXPORT_JSON
 
     id: Int64 | None = None
     image_id: Int64
@@ -140,7 +176,7 @@ class CocoAnnotation(BaseModel):
 class CocoImages(BaseModel):
     """The subset of a COCO annotation file a job without hints reads."""
 
-    model_config = _COCO_JSON
+    model_config = _EXPORT_JSON
 
     images: list[CocoImage] = Field(min_length=1)
 
@@ -150,6 +186,173 @@ class CocoFile(CocoImages):
 
     categories: list[CocoCategory]
     annotations: list[CocoAnnotation]
+
+
+# Point refinement: the `positive`, `negative`, `box` and `mask` form fields of /v1/refine.
+MAX_POINTS = 100
+Point = Annotated[list[float], Field(min_length=2, max_length=2)]
+PointHints = TypeAdapter(
+    Annotated[list[Point], Field(max_length=MAX_POINTS)], config=_CLIENT_JSON
+)
+BoxPrompt = TypeAdapter(Bbox, config=_CLIENT_JSON)
+
+
+class MaskHint(BaseModel):
+    """The mask being corrected: COCO compressed RLE whose runs cover exactly [H, W]."""
+
+    model_config = _CLIENT_JSON
+
+    size: list[Annotated[int, Field(ge=1, lt=2**31)]] = Field(
+        min_length=2, max_length=2, description="[height, width] in pixels"
+    )
+    counts: str = Field(description="compressed RLE counts (pycocotools' string form)")
+
+    @model_validator(mode="after")
+    def _runs_cover_the_size(self) -> "MaskHint":
+        # pycocotools decodes runs that cover less than the size into uninitialised memory.
+        runs = _rle_runs(self.counts)
+        height, width = self.size
+        if sum(runs) != height * width:
+            raise ValueError(
+                f"the counts cover {sum(runs)} pixels, the size {height}x{width} {height * width}"
+            )
+        return self
+
+
+def _rle_runs(counts: str) -> list[int]:
+    """The run lengths of pycocotools' string RLE: each run is 5-bit groups (character - 48,
+    low bits first, 0x20 set while more follow, 0x10 the sign of the last), a run from the
+    third on stored as its difference to the run two before."""
+    runs: list[int] = []
+    value, shift = 0, 0
+    for character in counts:
+        group = ord(character) - 48
+        if not 0 <= group < 64:
+            raise ValueError(f"the counts hold {character!r}, not an RLE character")
+        value |= (group & 0x1F) << shift
+        shift += 5
+        if group & 0x20:
+            continue
+        if group & 0x10:
+            value -= 1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        if value < 0:
+            raise ValueError("the counts hold a negative run")
+        runs.append(value)
+        value, shift = 0, 0
+    if shift:
+        raise ValueError("the counts end inside a run")
+    return runs
+
+
+# Label Studio ML backend requests (/ls) and exports (jobs' annotation_format "labelstudio").
+LabelList = list[Annotated[str, Field(max_length=1000)]]
+
+
+class LabelStudioValue(BaseModel):
+    """A result's value: the fields of the kinds read here (percent coordinates)."""
+
+    model_config = _EXPORT_JSON
+
+    x: float | None = None
+    y: float | None = None
+    width: float | None = None
+    height: float | None = None
+    rle: list[Annotated[int, Field(ge=0, le=255)]] | None = Field(
+        None, description="brush mask in Label Studio's RLE (bytes)"
+    )
+    points: list[Point] | None = None
+    is_positive: bool | None = None
+    brushlabels: LabelList | None = None
+    polygonlabels: LabelList | None = None
+    rectanglelabels: LabelList | None = None
+    keypointlabels: LabelList | None = None
+    choices: LabelList | None = None
+    taxonomy: list[LabelList] | None = None
+
+
+class LabelStudioResult(BaseModel):
+    """One region or choice of an annotation, prediction or interactive context."""
+
+    model_config = _EXPORT_JSON
+
+    type: str | None = None
+    value: LabelStudioValue | None = None
+    original_width: int | None = Field(None, ge=1, lt=2**31)
+    original_height: int | None = Field(None, ge=1, lt=2**31)
+    score: float | None = None
+    is_positive: bool | None = None
+
+
+class LabelStudioAnnotation(BaseModel):
+    model_config = _EXPORT_JSON
+
+    result: list[LabelStudioResult] = []
+    was_cancelled: bool = False
+
+
+class LabelStudioTask(BaseModel):
+    model_config = _EXPORT_JSON
+
+    id: Int64 | None = None
+    data: dict[str, Any] = Field(description="the task's data: the image URL under its key")
+    annotations: list[LabelStudioAnnotation] = []
+
+
+LabelStudioExport = TypeAdapter(list[LabelStudioTask])
+
+
+class LabelStudioContext(BaseModel):
+    """What the annotator did in an interactive session (clicks, rectangles, choices)."""
+
+    model_config = _EXPORT_JSON
+
+    result: list[LabelStudioResult] = []
+
+
+class LabelStudioParams(BaseModel):
+    model_config = _EXPORT_JSON
+
+    context: LabelStudioContext | None = Field(None, description="interactive pre-annotation")
+
+
+class LabelStudioPredictRequest(BaseModel):
+    model_config = _EXPORT_JSON
+
+    tasks: list[LabelStudioTask] = Field(description="Label Studio tasks (data, annotations)")
+    label_config: str = Field(description="the project's labelling config (XML)")
+    project: str | None = Field(None, description="'{project id}.{created timestamp}'")
+    params: LabelStudioParams | None = None
+
+
+class LabelStudioSetupRequest(BaseModel):
+    """What Label Studio sends when a project connects the backend."""
+
+    model_config = _EXPORT_JSON
+
+    project: str | None = Field(None, description="'{project id}.{created timestamp}'")
+    schema_: str | None = Field(None, alias="schema", description="the labelling config")
+    hostname: str | None = Field(
+        None, max_length=2048, description="Label Studio's URL, for task images"
+    )
+    access_token: str | None = Field(None, max_length=4096)
+
+
+class LabelStudioEvent(BaseModel):
+    """A webhook event; recorded whole (its other fields are any JSON but NaN and infinity)."""
+
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+    action: str | None = Field(None, examples=["ANNOTATION_CREATED"])
+
+    @model_validator(mode="after")
+    def _finite_numbers(self) -> "LabelStudioEvent":
+        try:
+            json.dumps(self.model_extra, allow_nan=False)
+        except ValueError:
+            raise ValueError("NaN and infinity are not JSON numbers") from None
+        return self
 
 
 class JsonFieldError(ValueError):

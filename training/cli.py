@@ -5,6 +5,8 @@ import typer
 from service.serve_command import serve
 from service.worker_command import worker
 from training.evaluate_command import evaluate
+from training.export_command import export
+from training.import_command import import_labels
 from training.make_data_command import make_data
 from training.predict_command import predict
 from training.proposals_command import proposals
@@ -28,6 +30,8 @@ app.command("train")(train_command)
 app.command("predict")(predict)
 app.command("evaluate")(evaluate)
 app.command("proposals")(proposals)
+app.command("export")(export)
+app.command("import")(import_labels)
 app.command("worker")(worker)
 app.command("serve")(serve)
 

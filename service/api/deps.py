@@ -1,13 +1,16 @@
 """Typed dependencies of the routes and what they share: settings, the model runtime, API
-keys, the uploaded image, the seed rule."""
+keys, the uploaded image, JSON bodies, the seed rule."""
 
+import base64
+import binascii
 import secrets
-from typing import Annotated
+from typing import Annotated, Any
 
 import numpy as np
 from fastapi import Depends, File, Request, UploadFile
 from fastapi.security import HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
 from service.core.config import Settings
@@ -15,6 +18,7 @@ from service.errors import ApiError
 from service.imaging import decode_image
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
+from service.schemas import parse_json
 
 # Declares the scheme in OpenAPI; service.api.middleware.ApiKeyMiddleware checks the key, from
 # the headers, before any body is read.
@@ -45,17 +49,32 @@ AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
 def api_key_problem(settings: Settings, authorization: str | None) -> str | None:
-    """None when a request with this `Authorization` header may pass: no DISCOSEG_API_KEYS, or
-    `Bearer <one of them>`; else why not."""
+    """None when a request with this `Authorization` header may pass: no DISCOSEG_API_KEYS,
+    `Bearer <one of them>`, or Basic auth whose password is one of them (how Label Studio
+    authenticates to an ML backend); else why not."""
     if not settings.api_keys:
         return None
-    scheme, offered = get_authorization_scheme_param(authorization)
-    if scheme.lower() != "bearer" or not offered:
+    offered = _offered_key(authorization)
+    if offered is None:
         return "missing API key: send Authorization: Bearer <key>"
     # Compare with every key, so the time taken does not tell which one nearly matched.
     matches = [secrets.compare_digest(offered.encode(), k.get_secret_value().encode())
                for k in settings.api_keys]
     return None if any(matches) else "invalid API key"
+
+
+def _offered_key(authorization: str | None) -> str | None:
+    """The key of `Bearer <key>`, or the password of `Basic base64(user:password)`, or None."""
+    scheme, value = get_authorization_scheme_param(authorization)
+    if scheme.lower() == "bearer":
+        return value or None
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value, validate=True).decode()
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    return decoded.partition(":")[2] or None
 
 
 def is_authorized(request: Request) -> bool:
@@ -81,3 +100,34 @@ async def read_image(
 
 
 UploadedImage = Annotated[np.ndarray, Depends(read_image)]
+
+
+def json_body(schema: type[BaseModel]) -> Any:
+    """`Depends` of the request's JSON body validated as `schema` by `parse_json` (a 422 naming
+    the place inside the body otherwise): strict, without NaN, depth and numbers bounded, which
+    FastAPI's own body parsing is not."""
+
+    async def read(request: Request) -> BaseModel:
+        return parse_json(schema, await request.body(), "body")
+
+    return Depends(read)
+
+
+def json_body_docs(schema: type[BaseModel]) -> dict:
+    """The `openapi_extra` documenting a body that `json_body` reads (the route has no body
+    parameter for FastAPI to describe); the schema's $defs are inlined, as the document's
+    components do not hold them."""
+    document = schema.model_json_schema(by_alias=True)
+    definitions = document.pop("$defs", {})
+
+    def inline(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return inline(definitions[node["$ref"].rsplit("/", 1)[1]])
+            return {key: inline(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [inline(value) for value in node]
+        return node
+
+    content = {"application/json": {"schema": inline(document)}}
+    return {"requestBody": {"required": True, "content": content}}

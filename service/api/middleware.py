@@ -51,7 +51,8 @@ class SameOriginMiddleware:
 
 class ApiKeyMiddleware:
     """With API keys in `settings`, requests to paths for which `guarded(path)` is true need
-    `Authorization: Bearer <key>`; others get a JSON 401 before their body is read."""
+    `Authorization: Bearer <key>` (or Basic auth with the key as password); others get a JSON
+    401 before their body is read."""
 
     def __init__(self, app: ASGIApp, settings: Settings, guarded: Callable[[str], bool]) -> None:
         self.app = app

@@ -78,6 +78,23 @@ class Settings(BaseSettings):
         "unset: job_chunk_time_limit_s + 60 (it must exceed the time limit)",
     )
 
+    # Label Studio ML backend (/ls).
+    label_studio_url: str | None = Field(
+        default=None,
+        description="Label Studio's URL, to fetch task images it hosts (/data/...) when no "
+        "/ls/setup call has named it",
+    )
+    label_studio_api_key: SecretStr | None = Field(
+        default=None, description="a Label Studio access token for those image downloads"
+    )
+    label_studio_events: Path = Field(
+        default=Path(".cache/labelstudio/events.jsonl"),
+        description="where /ls/webhook records annotation events (JSON lines) for training",
+    )
+    label_studio_k: int = Field(
+        default=3, ge=1, description="predictions per task when the task has hints (samples)"
+    )
+
     @property
     def redelivery_timeout_s(self) -> int:
         """After this long a chunk whose worker vanished is delivered again."""

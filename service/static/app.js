@@ -1,6 +1,7 @@
 // The annotation-assist page: hints (tags or boxes) on an image, pseudo-label samples from
-// POST /v1/pseudo-labels, the prediction network's instances from POST /v1/segment, and the
-// chosen sample downloaded as COCO annotations. Plain browser JavaScript, no dependencies.
+// POST /v1/pseudo-labels, the prediction network's instances from POST /v1/segment, clicked
+// points refined into candidate masks by POST /v1/refine, and the chosen sample downloaded as
+// COCO annotations. Plain browser JavaScript, no dependencies.
 "use strict";
 
 const MAX_VIEW = { width: 720, height: 540 };
@@ -17,6 +18,7 @@ const state = {
   file: null,
   image: null, // HTMLImageElement, decoded
   boxes: [], // {label, bbox: [x0, y0, x1, y1]} in image pixels
+  points: [], // {x, y, positive} in image pixels: clicks of the points mode
   drag: null, // {start: [x, y], end: [x, y]} in image pixels while a box is drawn
   results: null, // {kind, model, width, height, diversity, samples: [{instances, score}]}
   selected: -1,
@@ -149,6 +151,21 @@ function paint(canvas, sample, boxes, { labels = true } = {}) {
   context.setLineDash([]);
 }
 
+// Positive points as green discs, negative ones as red discs with a white ring.
+function paintPoints(canvas) {
+  const context = canvas.getContext("2d");
+  const scale = canvas.width / state.image.naturalWidth;
+  for (const { x, y, positive } of state.points) {
+    context.beginPath();
+    context.arc(x * scale, y * scale, 5, 0, 2 * Math.PI);
+    context.fillStyle = positive ? "rgb(40, 200, 80)" : "rgb(230, 40, 40)";
+    context.fill();
+    context.lineWidth = 2;
+    context.strokeStyle = "#fff";
+    context.stroke();
+  }
+}
+
 function fitCanvas(canvas, maxWidth, maxHeight) {
   const { naturalWidth: width, naturalHeight: height } = state.image;
   const scale = Math.min(maxWidth / width, maxHeight / height);
@@ -176,6 +193,7 @@ function render() {
     }
   }
   paint(canvas, sample, boxes);
+  if (mode() === "points") paintPoints(canvas);
   document.querySelectorAll(".thumb").forEach((thumb, index) => {
     thumb.classList.toggle("selected", index === state.selected);
     thumb.setAttribute("aria-pressed", String(index === state.selected));
@@ -282,11 +300,13 @@ function loadImage(file) {
     state.file = file;
     state.image = image;
     state.boxes = [];
+    state.points = [];
     state.results = null;
     state.selected = -1;
     setBusy(false);
     fitCanvas($("canvas"), MAX_VIEW.width, MAX_VIEW.height);
     renderBoxList();
+    renderPointCount();
     renderResults();
     setStatus(`${file.name}: ${image.naturalWidth}×${image.naturalHeight} pixels`);
     clearError();
@@ -357,7 +377,17 @@ function renderBoxList() {
 }
 
 function startDrag(event) {
-  if (!state.image || mode() !== "boxes" || event.button !== 0) return;
+  if (!state.image || event.button !== 0) return;
+  if (mode() === "points") {
+    event.preventDefault();
+    const [x, y] = imagePoint(event);
+    state.points.push({ x: Math.round(x * 10) / 10, y: Math.round(y * 10) / 10,
+      positive: !event.shiftKey });
+    renderPointCount();
+    refine();
+    return;
+  }
+  if (mode() !== "boxes") return;
   event.preventDefault();
   $("canvas").setPointerCapture(event.pointerId);
   const point = imagePoint(event);
@@ -449,6 +479,11 @@ async function run(describe, call) {
 }
 
 function suggest() {
+  if (mode() === "points") {
+    if (!state.points.length) showError("Click on the image to add points first.");
+    else refine();
+    return;
+  }
   let form;
   try {
     form = hintForm();
@@ -483,6 +518,48 @@ function segment() {
   });
 }
 
+function renderPointCount() {
+  const positive = state.points.filter((point) => point.positive).length;
+  const negative = state.points.length - positive;
+  $("point-count").textContent = state.points.length
+    ? `${positive} inside, ${negative} outside`
+    : "No points yet.";
+}
+
+// Candidate masks of one object from the clicked points (POST /v1/refine); each candidate is
+// shown as a sample of one instance.
+function refine() {
+  if (!state.points.length) return;
+  let sampled;
+  try {
+    sampled = sampling();
+  } catch (error) {
+    showError(error.message);
+    return;
+  }
+  const form = new FormData();
+  form.append("image", state.file, state.file.name);
+  const coordinates = (positive) =>
+    JSON.stringify(state.points.filter((p) => p.positive === positive).map((p) => [p.x, p.y]));
+  form.append("positive", coordinates(true));
+  form.append("negative", coordinates(false));
+  form.append("k", String(sampled.k));
+  if (sampled.seed !== null) form.append("seed", String(sampled.seed));
+  run("Refining", async () => {
+    const data = await api("/v1/refine", { method: "POST", body: form });
+    return {
+      kind: "refine",
+      model: data.model,
+      width: data.width,
+      height: data.height,
+      samples: data.candidates.map((candidate) => ({
+        instances: [candidate],
+        score: candidate.score,
+      })),
+    };
+  });
+}
+
 function renderResults() {
   const results = state.results;
   $("result-bar").hidden = !results;
@@ -493,10 +570,13 @@ function renderResults() {
     return;
   }
   const count = results.samples.length;
-  $("result-info").textContent =
-    results.kind === "segment"
-      ? `Prediction network: ${results.samples[0].instances.length} instances`
-      : `${count} samples · diversity ${results.diversity.toFixed(3)} · ${results.model}`;
+  const describe = {
+    segment: () => `Prediction network: ${results.samples[0].instances.length} instances`,
+    refine: () => `${count} candidates · ${results.model}`,
+    "pseudo-labels": () =>
+      `${count} samples · diversity ${results.diversity.toFixed(3)} · ${results.model}`,
+  };
+  $("result-info").textContent = describe[results.kind]();
   container.replaceChildren(
     ...results.samples.map((sample, index) => {
       const thumb = document.createElement("button");
@@ -590,7 +670,8 @@ function init() {
     radio.addEventListener("change", () => {
       $("tags-panel").hidden = mode() !== "tags";
       $("boxes-panel").hidden = mode() !== "boxes";
-      $("canvas").classList.toggle("drawing", mode() === "boxes");
+      $("points-panel").hidden = mode() !== "points";
+      $("canvas").classList.toggle("drawing", mode() !== "tags");
       render();
     });
   });
@@ -607,6 +688,11 @@ function init() {
     suggest();
   });
   $("segment").addEventListener("click", segment);
+  $("clear-points").addEventListener("click", () => {
+    state.points = [];
+    renderPointCount();
+    render();
+  });
   $("accept").addEventListener("click", accept);
   loadModel();
 }

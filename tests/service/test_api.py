@@ -1,6 +1,7 @@
 """The app around the model routes: model info, probes, metrics, API keys, JSON errors,
 the in-flight bound (503 + Retry-After) and the lifespan."""
 
+import base64
 import json
 import threading
 import time
@@ -170,11 +171,17 @@ def test_calls_beyond_the_inflight_bound_get_503_with_retry_after(
         while bounded.inflight < 1 and time.monotonic() < deadline:
             time.sleep(0.01)
         assert bounded.inflight == 1
-        for path, form in (("/v1/segment", {}), ("/v1/pseudo-labels", {"tags": "[]"})):
+        for path, form in (("/v1/segment", {}), ("/v1/pseudo-labels", {"tags": "[]"}),
+                           ("/v1/refine", {"positive": "[[5, 5]]"})):
             refused = client.post(path, files=upload(data), data=form)
             assert refused.status_code == 503
             assert refused.json()["error"]["code"] == "overloaded"
             assert int(refused.headers["retry-after"]) >= 1
+        task = {"data": {"image": "data:image/png;base64," + base64.b64encode(data).decode()}}
+        config = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" '
+                  'toName="image"><Label value="disc"/></BrushLabels></View>')
+        refused = client.post("/ls/predict", json={"tasks": [task], "label_config": config})
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         release.set()
         first.join(timeout=30)
         assert results["first"].status_code == 200
@@ -194,7 +201,8 @@ def test_hints_no_proposal_can_satisfy_are_422(client) -> None:
 
 def test_openapi_documents_the_routes(client) -> None:
     paths = client.get("/openapi.json").json()["paths"]
-    for path in ("/v1/segment", "/v1/pseudo-labels", "/v1/models", "/healthz", "/readyz"):
+    for path in ("/v1/segment", "/v1/pseudo-labels", "/v1/refine", "/v1/models", "/healthz",
+                 "/readyz", "/ls/predict"):
         assert path in paths
 
 

@@ -1,10 +1,11 @@
 """Hostile input against a real `discoseg serve` process (API key set, embedded jobs), over
 one kept-alive HTTP connection: deep nesting, huge numbers, NaN, NUL bytes, wrong types,
 zip bombs, unsupported and oversized images, bodies past the limits, unauthenticated and
-cross-origin requests. Each case must get a JSON 4xx naming the problem (or, for the legal
-ones, be accepted), keep the connection open, and leave the server healthy; the server log
-must hold no traceback at the end."""
+cross-origin requests, on the API and on the Label Studio backend (/ls). Each case must get a
+JSON 4xx naming the problem (or, for the legal ones, be accepted), keep the connection open,
+and leave the server healthy; the server log must hold no traceback at the end."""
 
+import base64
 import io
 import json
 import os
@@ -73,8 +74,29 @@ def _coco_json(image: dict | None = None, annotation: dict | None = None) -> str
     return json.dumps(coco)
 
 
+def _ls(body: str | bytes, headers: dict | None = None) -> dict:
+    """The `content` and `headers` of a JSON request, as Label Studio sends them."""
+    content = body.encode() if isinstance(body, str) else body
+    return {"content": content,
+            "headers": {**KEY, "Content-Type": "application/json", **(headers or {})}}
+
+
+def _predict(tasks: str = "[]", params: str = "null") -> str:
+    return f'{{"tasks": {tasks}, "label_config": {json.dumps(BRUSH)}, "params": {params}}}'
+
+
+def _basic(key: str) -> dict:
+    return {"Authorization": "Basic " + base64.b64encode(f"labelstudio:{key}".encode()).decode()}
+
+
 SEGMENT, PSEUDO, JOBS = "/v1/segment", "/v1/pseudo-labels", "/v1/jobs"
+REFINE, PREDICT = "/v1/refine", "/ls/predict"
 BOX = '{"label": "disc", "bbox": %s}'
+BRUSH = ('<View><Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
+         '<Label value="disc"/></BrushLabels></View>')
+TASK = json.dumps({"id": 1, "data": {"image": "data:image/png;base64,"
+                                     + base64.b64encode(PNG).decode()}})
+RESULT = '{"type": "keypointlabels", "value": {"x": %s, "y": 10, "keypointlabels": ["disc"]}}'
 CASES = [
     # Deep nesting.
     Case("tags nested 100k deep", "POST", PSEUDO, 422, "validation_error", "recursion limit",
@@ -164,6 +186,88 @@ CASES = [
          data={"hints": "boxes",
                "annotations": '{"a.png": {"boxes": [' + BOX % '["1", 2, 3, 4]' + "]}}"},
          files=_files(("a.png", PNG))),
+    # Point refinement and the Label Studio backend: the same kinds.
+    Case("refine points nested 100k deep", "POST", REFINE, 422, "validation_error",
+         "positive: Invalid JSON: recursion limit", data={"positive": DEEP}, files=_image()),
+    Case("refine mask nested 100k deep", "POST", REFINE, 422, "validation_error",
+         "mask: Invalid JSON: recursion limit", data={"positive": "[[5, 5]]", "mask": DEEP},
+         files=_image()),
+    Case("refine point of 5000 digits", "POST", REFINE, 422, "validation_error",
+         "too many digits", data={"positive": f"[[1, {HUGE}]]"}, files=_image()),
+    Case("refine mask size of 5000 digits", "POST", REFINE, 422, "validation_error",
+         "too many digits", data={"positive": "[[5, 5]]",
+                                  "mask": f'{{"size": [{HUGE}, 1], "counts": "1"}}'},
+         files=_image()),
+    Case("refine point NaN", "POST", REFINE, 422, "validation_error", "finite number",
+         data={"positive": "[[NaN, 5]]"}, files=_image()),
+    Case("refine box Infinity", "POST", REFINE, 422, "validation_error", "box[2]: Input should "
+         "be a finite number", data={"box": "[1, 2, Infinity, 4]"}, files=_image()),
+    Case("refine points of strings", "POST", REFINE, 422, "validation_error", "positive[0][0]",
+         data={"positive": '[["5", "5"]]'}, files=_image()),
+    Case("refine points not a list", "POST", REFINE, 422, "validation_error",
+         "negative: Input should be a valid", data={"positive": "[[5, 5]]", "negative": "{}"},
+         files=_image()),
+    Case("refine mask of short runs", "POST", REFINE, 422, "validation_error",
+         "the counts cover 0 pixels", files=_image(),
+         data={"positive": "[[5, 5]]", "mask": '{"size": [96, 96], "counts": ""}'}),
+    Case("refine seed 2^70", "POST", REFINE, 422, "validation_error", "seed",
+         data={"positive": "[[5, 5]]", "seed": str(2**70)}, files=_image()),
+    Case("refine (legal)", "POST", REFINE, 200, data={"positive": "[[40, 40]]", "k": "2"},
+         files=_image()),
+    Case("predict body nested 100k deep", "POST", PREDICT, 422, "validation_error",
+         "body: Invalid JSON: recursion limit", **_ls(DEEP)),
+    Case("predict task data nested 100k deep", "POST", PREDICT, 422, "validation_error",
+         "recursion limit", **_ls(_predict('[{"data": {"image": ' + DEEP + "}}]"))),
+    Case("predict task id of 5000 digits", "POST", PREDICT, 422, "validation_error",
+         "too many digits", **_ls(_predict(f'[{{"id": {HUGE}, "data": {{}}}}]'))),
+    Case("predict task id past 64 bits", "POST", PREDICT, 422, "validation_error",
+         "body.tasks[0].id", **_ls(_predict(f'[{{"id": {2**70}, "data": {{}}}}]'))),
+    Case("predict click at NaN", "POST", PREDICT, 422, "validation_error",
+         "body.params.context.result[0].value.x: Input should be a finite number",
+         **_ls(_predict(params='{"context": {"result": [' + RESULT % "NaN" + "]}}"))),
+    Case("predict click at a string", "POST", PREDICT, 422, "validation_error",
+         "body.params.context.result[0].value.x",
+         **_ls(_predict(params='{"context": {"result": [' + RESULT % '"5"' + "]}}"))),
+    Case("predict tasks not a list", "POST", PREDICT, 422, "validation_error", "body.tasks",
+         **_ls(_predict(tasks='{"data": {}}'))),
+    Case("predict label_config not XML", "POST", PREDICT, 422, "invalid_label_config",
+         "not XML", **_ls('{"tasks": [], "label_config": "<View"}')),
+    Case("predict label_config nested 100k deep", "POST", PREDICT, 422, "invalid_label_config",
+         "has none of", **_ls(json.dumps({"tasks": [], "label_config": "<a>" * 100_000
+                                          + '<Image name="i" value="$i"/>' + "</a>" * 100_000}))),
+    Case("predict body not UTF-8", "POST", PREDICT, 422, "validation_error", "body",
+         **_ls(b'{"tasks": [], "label_config": "\xff"}')),
+    Case("predict over the body limit", "POST", PREDICT, 413, "payload_too_large",
+         **_ls(b" " * (4 << 20))),
+    Case("setup hostname a number", "POST", "/ls/setup", 422, "validation_error",
+         "body.hostname", **_ls('{"hostname": 5}')),
+    Case("setup over the body limit", "POST", "/ls/setup", 413, "payload_too_large",
+         **_ls(b" " * (2 << 20))),
+    Case("webhook of NaN", "POST", "/ls/webhook", 422, "validation_error", "NaN and infinity",
+         **_ls('{"action": "ANNOTATION_CREATED", "annotation": {"x": NaN}}')),
+    Case("webhook nested 100k deep", "POST", "/ls/webhook", 422, "validation_error",
+         "recursion limit", **_ls('{"action": "X", "task": ' + DEEP)),
+    Case("predict (legal, Basic auth)", "POST", PREDICT, 200,
+         **_ls(_predict(f"[{TASK}]"), headers=_basic(API_KEY))),
+    Case("predict with Basic auth of a wrong key", "POST", PREDICT, 401, "unauthorized",
+         **_ls(_predict(f"[{TASK}]"), headers=_basic("wrong-key-0123456789"))),
+    Case("predict without a key", "POST", PREDICT, 401, "unauthorized",
+         content=b"{}", headers={"Content-Type": "application/json"}),
+    Case("predict from another origin's page", "POST", PREDICT, 403, "cross_origin",
+         **_ls(_predict(), headers={"Origin": "https://evil.example"})),
+    Case("Label Studio export nested 100k deep", "POST", JOBS, 422, "invalid_annotations",
+         "recursion limit", data={"annotation_format": "labelstudio"}, files=_coco(DEEP)),
+    Case("Label Studio export of a 10^10-pixel image", "POST", JOBS, 422, "invalid_annotations",
+         "more than the 16000000", data={"annotation_format": "labelstudio"}, files=_coco(
+             '[{"data": {"image": "a.png"}, "annotations": [{"result": [{"type": "choices", '
+             '"original_width": 100000, "original_height": 100000, "value": {}}]}]}]')),
+    Case("CVAT XML of a 10^10-pixel image", "POST", JOBS, 422, "invalid_annotations",
+         "more than the 16000000", data={"annotation_format": "cvat"}, files=_coco(
+             '<annotations><image id="0" name="a.png" width="100000" height="100000"/>'
+             "</annotations>")),
+    Case("CSV naming a file outside the data root", "POST", JOBS, 422, "invalid_annotations",
+         "not inside the images folder", data={"annotation_format": "csv"},
+         files=_coco("file,tags\n../../etc/passwd,disc\n")),
     # Zip bombs, formats, sizes.
     Case("zip of 10 x 20 MiB zeros", "POST", JOBS, 413, "zip_bomb", "expands more than",
          files=_files(("bomb.zip", zip_of({f"m{i}.png": bytes(20 << 20) for i in range(10)})))),
@@ -183,6 +287,8 @@ CASES = [
          "DISCOSEG_MAX_IMAGE_PIXELS", data={"tags": "[]"}, files=_image(png_header(5000, 5000))),
     Case("upload over DISCOSEG_MAX_UPLOAD_BYTES", "POST", SEGMENT, 413, "payload_too_large",
          files=_image(bytes(3 << 20))),
+    Case("refine upload over DISCOSEG_MAX_UPLOAD_BYTES", "POST", REFINE, 413,
+         "payload_too_large", data={"positive": "[[5, 5]]"}, files=_image(bytes(4 << 20))),
     Case("job over DISCOSEG_MAX_JOB_BYTES", "POST", JOBS, 413, "payload_too_large",
          files=_files(*[(f"{i}.png", bytes(3 << 20)) for i in range(3)])),
     Case("body on a route without one", "GET", "/v1/models", 413, "payload_too_large",

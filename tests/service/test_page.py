@@ -229,10 +229,13 @@ class Page:
         )
         return box[0], box[1]
 
-    def mouse(self, kind: str, x: float, y: float, buttons: int = 1) -> None:
+    def mouse(
+        self, kind: str, x: float, y: float, buttons: int = 1, modifiers: int = 0
+    ) -> None:
+        """modifiers: the DevTools bit mask (8: Shift)."""
         self.devtools.call(
             "Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", buttons=buttons,
-            clickCount=1,
+            clickCount=1, modifiers=modifiers,
         )
 
     def click(self, selector: str) -> None:
@@ -240,15 +243,23 @@ class Page:
         self.mouse("mousePressed", x, y)
         self.mouse("mouseReleased", x, y, buttons=0)
 
-    def drag_on_canvas(self, start: tuple[float, float], end: tuple[float, float]) -> None:
-        """A drag between two points given as fractions of the canvas's drawn area."""
-        area = self.evaluate(
+    def canvas_point(self, fx: float, fy: float) -> tuple[float, float]:
+        """The viewport position of a point given as fractions of the canvas's drawn area."""
+        left, top, width, height = self.evaluate(
             "(() => { const c = document.getElementById('canvas'); "
             "const r = c.getBoundingClientRect(); "
             "return [r.x + c.clientLeft, r.y + c.clientTop, c.clientWidth, c.clientHeight]; })()"
         )
-        left, top, width, height = area
-        points = [(left + fx * width, top + fy * height) for fx, fy in (start, end)]
+        return left + fx * width, top + fy * height
+
+    def click_on_canvas(self, fx: float, fy: float, *, shift: bool = False) -> None:
+        x, y = self.canvas_point(fx, fy)
+        self.mouse("mousePressed", x, y, modifiers=8 if shift else 0)
+        self.mouse("mouseReleased", x, y, buttons=0, modifiers=8 if shift else 0)
+
+    def drag_on_canvas(self, start: tuple[float, float], end: tuple[float, float]) -> None:
+        """A drag between two points given as fractions of the canvas's drawn area."""
+        points = [self.canvas_point(fx, fy) for fx, fy in (start, end)]
         self.mouse("mousePressed", *points[0])
         for step in range(1, 6):
             fraction = step / 5
@@ -536,3 +547,59 @@ def test_an_annotator_draws_boxes_and_segments(page: Page, site: str, tmp_path: 
     page.wait_for("document.querySelectorAll('#box-list li').length === 0")
     page.click("#suggest")
     assert page.error() == "Draw at least one box on the image first."
+
+
+@pytest.mark.slow
+def test_an_annotator_refines_a_mask_with_clicks(page: Page, site: str, tmp_path: Path) -> None:
+    image_path = tmp_path / "points.png"
+    image_path.write_bytes(encode(scene_image(5)))
+    page.goto(f"{site}/")
+    page.type_into("#api-key", API_KEY)
+    page.wait_for("document.querySelectorAll('#tags option').length === 3")
+    page.choose_file("#image-file", image_path)
+    page.wait_for("document.getElementById('status').textContent.includes('96×96')")
+    page.click('input[name="mode"][value="points"]')
+    assert page.visible("#points-panel") and not page.visible("#boxes-panel")
+    page.click("#suggest")
+    assert page.error() == "Click on the image to add points first."
+    page.fill("#k", "4")
+    page.fill("#seed", "2")
+
+    def shown_candidates() -> list[list[int]]:
+        """The candidates' masks as the page holds them, once it shows them."""
+        page.wait_for("!document.getElementById('suggest').disabled && "
+                      "document.querySelectorAll('.thumb').length > 0")
+        return page.evaluate("state.results.samples.map(s => s.instances[0].mask)")
+
+    page.click_on_canvas(0.42, 0.42)
+    first = shown_candidates()
+    assert page.text("#point-count") == "1 inside, 0 outside"
+    page.click_on_canvas(0.45, 0.6, shift=True)
+    page.wait_for("document.getElementById('point-count').textContent === '1 inside, 1 outside'")
+    second = shown_candidates()
+    assert page.error() is None
+    assert re.fullmatch(r"\d candidates · .+", page.text("#result-info"))
+
+    # The page asked for what was clicked: the same request gives the same candidates, and each
+    # holds the positive point and not the negative one.
+    points = page.evaluate("state.points")
+    positive = [[p["x"], p["y"]] for p in points if p["positive"]]
+    negative = [[p["x"], p["y"]] for p in points if not p["positive"]]
+    assert np.allclose(positive, [[0.42 * IMAGE_SIZE] * 2], atol=1)
+    assert np.allclose(negative, [[0.45 * IMAGE_SIZE, 0.6 * IMAGE_SIZE]], atol=1)
+    direct = httpx.post(
+        f"{site}/v1/refine", files={"image": ("points.png", image_path.read_bytes(), "image/png")},
+        data={"positive": json.dumps(positive), "negative": json.dumps(negative), "k": "4",
+              "seed": "2"},
+        headers={"Authorization": f"Bearer {API_KEY}"}, timeout=60,
+    ).json()["candidates"]
+    assert second == [c["mask"] for c in direct]
+    for rle in second:
+        mask = mask_utils.decode({"size": rle["size"], "counts": rle["counts"].encode()})
+        assert mask[int(positive[0][1]), int(positive[0][0])]
+        assert not mask[int(negative[0][1]), int(negative[0][0])]
+    assert first != second or len(first) == 1
+    page.screenshot(tmp_path / "points.png")
+
+    page.click("#clear-points")
+    assert page.text("#point-count") == "No points yet."

@@ -1,5 +1,9 @@
 """COCO-format datasets: one annotation JSON plus a folder of images.
 
+Training from tags needs only each annotation's image and category: an annotation without
+`bbox` (and `segmentation`) is a tag, accepted under tags supervision and skipped ("missing_box")
+under the others.
+
 Bad data never crashes a run: images without usable annotations, annotations with unknown
 categories or boxes outside the image, and missing or unreadable image files are left out at
 construction and listed in `CocoDataset.skipped` (and in one logged warning line). A file
@@ -26,7 +30,7 @@ from training.data.dataset import (
 
 _REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
     "images": ("id", "file_name", "width", "height"),
-    "annotations": ("id", "image_id", "category_id", "bbox"),
+    "annotations": ("id", "image_id", "category_id"),
     "categories": ("id", "name"),
 }
 _BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in exported files)
@@ -152,7 +156,7 @@ class CocoDataset(InstanceDataset):
                 self.skipped.add(
                     reason,
                     f"annotation {annotation['id']} (image {annotation['image_id']}, "
-                    f"category {annotation['category_id']}, bbox {annotation['bbox']})",
+                    f"category {annotation['category_id']}, bbox {annotation.get('bbox')})",
                 )
         candidates = []
         for image_id, entry in images.items():
@@ -189,7 +193,9 @@ class CocoDataset(InstanceDataset):
             return "unknown_category"
         if annotation.get("iscrowd", 0):
             return "crowd"
-        bbox = annotation["bbox"]
+        bbox = annotation.get("bbox")
+        if bbox is None:
+            return None if self.supervision == "tags" else "missing_box"
         if len(bbox) != 4 or bbox[2] <= 0 or bbox[3] <= 0:
             return "empty_box"
         x, y, w, h = (float(v) for v in bbox)
@@ -220,7 +226,10 @@ class CocoDataset(InstanceDataset):
         labels = np.array(
             [self.category_to_label[int(a["category_id"])] for a in record.annotations], np.int64
         )
-        xywh = np.array([a["bbox"] for a in record.annotations], np.float32).reshape(-1, 4)
+        # A tag (no bbox) has no box; tags supervision reads only the labels.
+        xywh = np.array(
+            [a.get("bbox") or [0, 0, 0, 0] for a in record.annotations], np.float32
+        ).reshape(-1, 4)
         boxes = np.concatenate([xywh[:, :2], xywh[:, :2] + xywh[:, 2:]], axis=1)
         boxes[:, 0::2] = boxes[:, 0::2].clip(0, record.width)
         boxes[:, 1::2] = boxes[:, 1::2].clip(0, record.height)

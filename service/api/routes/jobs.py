@@ -11,14 +11,18 @@ Routes are sync (staging copies files): FastAPI runs them on its thread pool. Wh
 backend (Redis) is away they answer 503 with Retry-After; the rest of the API is unaffected.
 """
 
+import io
+import json
+import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, Response, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 from pydantic import BaseModel, Field
 
 from service.api.deps import SEED_LIMIT, AppSettings
+from service.core.config import Settings
 from service.errors import ApiError
 from service.jobs.backend import JobBackend, JobNotFinished
 from service.jobs.model import JobRecord, JobSpec, LabelOptions, is_job_id
@@ -27,16 +31,28 @@ from service.jobs.staging import (
     StagingLimits,
     Upload,
     parse_image_hints,
+    resolve_under,
     stage_coco,
     stage_uploads,
 )
 from service.jobs.state import JobBackendUnavailable
-from service.schemas import ErrorResponse
+from service.schemas import ErrorResponse, JsonFieldError, LabelStudioExport, parse_json
+from training.formats import (
+    EXPORT_FORMATS,
+    IMPORT_FORMATS,
+    SINGLE_FILES,
+    export_files,
+    labels_from_coco,
+    parse_labels,
+    to_coco,
+)
+from training.formats.labelstudio import import_tasks
 
 router = APIRouter(tags=["jobs"])
 
 RETRY_AFTER_S = 5
 ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)}
+ResultFormat = Literal[EXPORT_FORMATS]
 
 
 class Progress(BaseModel):
@@ -88,6 +104,28 @@ def _backend_errors() -> Iterator[None]:
         raise ApiError(error.status, str(error), code=error.code) from None
 
 
+def _as_coco(text: bytes, annotation_format: str, settings: Settings) -> str:
+    """The COCO JSON of an annotation file in another format. Label Studio JSON goes through
+    parse_json; images larger than DISCOSEG_MAX_IMAGE_PIXELS are refused before their masks
+    are decoded; CSV image sizes are read under the data root, whose paths no file may leave."""
+    data_root, max_pixels = settings.data_root, settings.max_image_pixels
+    try:
+        if annotation_format == "labelstudio":
+            tasks = parse_json(LabelStudioExport, text, "coco", code="invalid_annotations")
+            labels = import_tasks([task.model_dump(exclude_none=True) for task in tasks],
+                                  max_pixels=max_pixels)
+        else:
+            labels = parse_labels(text, annotation_format, data_root, max_pixels=max_pixels)
+        for image in labels.images:
+            resolve_under(data_root, image.file_name)
+    except (StagingError, JsonFieldError):
+        raise
+    except ValueError as error:
+        message = f"the {annotation_format} file: {error}"
+        raise StagingError("invalid_annotations", message, 422) from None
+    return json.dumps(to_coco(labels))
+
+
 def _status(request: Request, record: JobRecord, spec: JobSpec) -> JobStatus:
     failures = [
         ImageFailure(index=index, image_id=spec.items[index].image_id,
@@ -124,8 +162,14 @@ def create_job(
     ] = None,
     coco: Annotated[
         UploadFile | None,
-        File(description="COCO JSON whose images' file_name lie under the server's data root"),
+        File(description="COCO JSON whose images' file_name lie under the server's data root "
+                         "(or the annotation file of `annotation_format`)"),
     ] = None,
+    annotation_format: Annotated[
+        Literal[IMPORT_FORMATS],
+        Form(description="what the `coco` file is: coco, csv (file,tags or "
+                         "file,label,x0,y0,x1,y1), labelstudio (JSON export) or cvat (XML)"),
+    ] = "coco",
     hints: Annotated[
         Literal["none", "tags", "boxes"],
         Form(description="none: prediction network; tags/boxes: conditional network with the "
@@ -157,6 +201,8 @@ def create_job(
                 text = coco.file.read(settings.max_upload_bytes + 1)
                 if len(text) > settings.max_upload_bytes:
                     raise ApiError(413, f"the COCO file exceeds {settings.max_upload_bytes} bytes")
+                if annotation_format != "coco":
+                    text = _as_coco(text, annotation_format, settings)
                 items = stage_coco(text, settings.data_root, hints_mode=hints,
                                    max_files=settings.max_files_per_job)
             else:
@@ -184,10 +230,24 @@ def job_status(request: Request, jobs: Jobs, job_id: str) -> JobStatus:
     return _status(request, record, spec)
 
 
-@router.get("/jobs/{job_id}/result", responses=ERRORS, name="job_result")
-def job_result(jobs: Jobs, job_id: str) -> dict:
-    """The COCO annotation file of a finished job (409 while it runs or if it was cancelled).
-    The first download starts a shorter expiry (DISCOSEG_JOB_FETCHED_TTL_S)."""
+@router.get(
+    "/jobs/{job_id}/result",
+    responses={200: {"content": {"application/zip": {}, "application/xml": {}}}, **ERRORS},
+    name="job_result",
+    response_model=None,
+)
+def job_result(
+    jobs: Jobs,
+    job_id: str,
+    format: Annotated[
+        ResultFormat,
+        Query(description="coco (JSON, RLE masks); coco-polygons, labelstudio (tasks JSON), "
+                          "cvat (XML); yolo-seg and voc-png as a zip"),
+    ] = "coco",
+) -> dict | Response:
+    """The labels of a finished job (409 while it runs or if it was cancelled): a COCO
+    annotation file, or the same labels in another format. The first download starts a shorter
+    expiry (DISCOSEG_JOB_FETCHED_TTL_S)."""
     with _backend_errors():
         _found(jobs, job_id)
         try:
@@ -196,7 +256,19 @@ def job_result(jobs: Jobs, job_id: str) -> dict:
             raise ApiError(409, str(error), code="job_not_finished") from None
     if result is None:
         raise ApiError(404, f"no job {job_id!r} (unknown, deleted or expired)")
-    return result
+    if format == "coco":
+        return result
+    files = export_files(labels_from_coco(result, f"job {job_id}"), format)
+    if format in SINGLE_FILES:
+        name, media_type = SINGLE_FILES[format]
+        return Response(next(iter(files.values())), media_type=media_type,
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for relative, content in files.items():
+            archive.writestr(relative, content)
+    return Response(buffer.getvalue(), media_type="application/zip", headers={
+        "Content-Disposition": f'attachment; filename="{job_id}-{format}.zip"'})
 
 
 @router.delete(
