@@ -1,9 +1,9 @@
 """Cost of one P-step training step with K pseudo targets against K = 1.
 
 Prints one JSON object: median seconds of a training step (pseudo_target_loss + backward + SGD
-step) with K distinct targets, with K copies of one target (the K samples given boxes nearly
-always agree) and with one target, timed interleaved, and their ratios to K = 1 (DESIGN section
-5 asks for <= 2 at K = 10).
+step) on synthetic scenes and their proposals, with K distinct targets, with K copies of one
+target (the K samples given boxes nearly always agree) and with one target, timed interleaved,
+and their ratios to K = 1 (the design asks for <= 2 at K = 10).
 
     python bench/pstep_loss.py --preset tiny --size 256 --k 10 --repeats 10 [--device cuda]
 """
@@ -16,39 +16,46 @@ import statistics
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from models.images import as_image_tensor
 from models.prediction import build_prediction_net
 from models.prediction_loss import pseudo_target_loss
+from models.proposals import propose
+from models.regions import RegionProposals, describe_regions
+from training.data.synthetic import render_scene
 
 NUM_CLASSES = 5
 
 
-def random_target(size: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """1-4 random rectangles or ellipses of random classes, with their tight boxes."""
-    num = int(torch.randint(1, 5, (), generator=generator))
-    ys, xs = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
-    masks = []
-    for _ in range(num):
-        x0, y0 = (torch.rand(2, generator=generator) * size * 0.6).tolist()
-        w, h = (torch.rand(2, generator=generator) * size * 0.35 + 8).tolist()
-        if torch.rand((), generator=generator) < 0.5:
-            mask = (xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h)
-        else:
-            cx, cy = x0 + w / 2, y0 + h / 2
-            mask = ((xs - cx) / (w / 2)) ** 2 + ((ys - cy) / (h / 2)) ** 2 <= 1
-        masks.append(mask)
-    masks_t = torch.stack(masks).to(torch.uint8)  # (N, size, size)
-    boxes = []
-    for mask in masks_t:
-        rows, cols = torch.where(mask > 0)
-        boxes.append([cols.min(), rows.min(), cols.max() + 1, rows.max() + 1])
-    return {
-        "boxes": torch.tensor(boxes, dtype=torch.float32),
-        "labels": torch.randint(1, NUM_CLASSES + 1, (num,), generator=generator),
-        "masks": masks_t,
-    }
+def synthetic_batch(
+    size: int, k: int, batch: int, copies: bool
+) -> tuple[list[Tensor], list[RegionProposals], list[list[dict[str, Tensor]]]]:
+    """Synthetic scenes with their segment proposals, and per image `k` pseudo targets of 1-4
+    of its proposals with random classes, as the conditional network's samples are (all copies
+    of one when `copies`)."""
+    rng = np.random.default_rng(0)
+    images, proposals, targets = [], [], []
+    for index in range(batch):
+        scene = render_scene(np.random.default_rng([0, index]), size)
+        image = as_image_tensor(scene.image)
+        regions = describe_regions(image, propose(scene.image))
+        per_image = []
+        for _ in range(1 if copies else k):
+            rows = torch.from_numpy(rng.choice(len(regions), rng.integers(1, 5), replace=False))
+            per_image.append(
+                {
+                    "boxes": regions.boxes[rows],
+                    "labels": torch.from_numpy(rng.integers(1, NUM_CLASSES + 1, len(rows))),
+                    "masks": regions.masks[rows].to(torch.uint8),
+                }
+            )
+        images.append(image)
+        proposals.append(regions)
+        targets.append(per_image * k if copies else per_image)
+    return images, proposals, targets
 
 
 def make_step(
@@ -57,18 +64,16 @@ def make_step(
     """One training step (loss, backward, SGD step) with `k` pseudo targets per image, all
     copies of one when `copies`."""
     torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
     model = build_prediction_net(preset=preset, num_classes=NUM_CLASSES).to(device)
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    images = [torch.rand(3, size, size, generator=generator).to(device) for _ in range(batch)]
-    targets = [[random_target(size, generator) for _ in range(k)] for _ in range(batch)]
-    if copies:
-        targets = [[per_image[0]] * k for per_image in targets]
+    images, proposals, targets = synthetic_batch(size, k, batch, copies)
+    images = [image.to(device) for image in images]
+    proposals = [regions.to(device) for regions in proposals]
     targets = [[{n: v.to(device) for n, v in t.items()} for t in ts] for ts in targets]
 
     def step() -> None:
-        losses = pseudo_target_loss(model, images, targets)
+        losses = pseudo_target_loss(model, images, proposals, targets)
         loss = sum(v for name, v in losses.items() if name.startswith("loss_"))
         optimizer.zero_grad()
         loss.backward()

@@ -7,20 +7,33 @@ architecture.
 """
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
-from torch import nn
-from torchvision.models.detection import MaskRCNN
+from torch import Tensor, nn
+from torch.nn import functional as F
 
 from models.atomic import atomic_write
 from models.conditional import ConditionalConfig, ConditionalNet
-from models.prediction import build_prediction_net
-from models.proposals import ProposalSettings
+from models.images import as_image_tensor, fit_image
+from models.prediction import (
+    PRESETS,
+    ProposalMaskRCNN,
+    build_prediction_net,
+    detected_instances,
+)
+from models.proposals import ProposalSettings, propose
+from models.regions import describe_regions
+from models.structures import InstanceSet
+from models.thresholds import SCORE_THRESHOLD
 
 FORMAT = "discoseg-bundle"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+# the pretrained starts a prediction network may have (build_prediction_net's options)
+INITIALISATIONS = ("backbone_weights", "coco_weights")
 _REQUIRED_KEYS = (
     "format",
     "format_version",
@@ -44,7 +57,7 @@ class ModelBundle:
 
     classes: list[str]
     preset: str
-    prediction: MaskRCNN
+    prediction: ProposalMaskRCNN
     conditional: ConditionalNet
     proposal_settings: ProposalSettings = field(default_factory=ProposalSettings)
     metadata: dict = field(default_factory=dict)
@@ -53,10 +66,56 @@ class ModelBundle:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def working_size(self) -> int:
+        """The longest image side the networks work at; larger images are downscaled."""
+        return PRESETS[self.preset].max_size
+
     def to(self, device: torch.device | str) -> "ModelBundle":
         self.prediction.to(device)
         self.conditional.to(device)
         return self
+
+    @torch.no_grad()
+    def segment(
+        self,
+        image: np.ndarray,
+        *,
+        score_threshold: float = SCORE_THRESHOLD,
+        proposer: Callable[[np.ndarray], Tensor] | None = None,
+    ) -> InstanceSet:
+        """The prediction network's instances scoring at least `score_threshold`, best first.
+
+        image: uint8[H, W, 3] RGB of any size: the network runs on a copy whose longer side is
+        at most `working_size`, and the masks come back at (H, W) (the probabilities are
+        resampled before they are thresholded). proposer: the segment proposals of that copy,
+        BoolTensor[P, h, w] (default: `models.proposals.propose` with the bundle's settings).
+        Returns CPU tensors.
+        """
+        working = fit_image(image, self.working_size)
+        masks = (proposer or self.propose)(working)
+        device = next(self.prediction.parameters()).device
+        tensor = as_image_tensor(working)
+        regions = describe_regions(tensor, masks).to(device)
+        output = self.prediction([tensor.to(device)], [regions])[0]
+        keep = output["scores"] >= score_threshold
+        output = {key: value[keep] for key, value in output.items()}
+        if working.shape != image.shape:
+            output["masks"] = _resample(output["masks"], image.shape[:2])
+        return detected_instances(output, torch.ones_like(output["scores"], dtype=torch.bool))
+
+    def propose(self, image: np.ndarray) -> Tensor:
+        """BoolTensor[P, H, W]: the segment proposals of the bundle's settings."""
+        return propose(image, settings=self.proposal_settings)
+
+
+def _resample(masks: Tensor, size: tuple[int, int]) -> Tensor:
+    """FloatTensor[D, 1, H, W]: mask probabilities bilinearly resampled to `size`, one at a
+    time (a 16 Mpx image holds 64 MB per float mask)."""
+    resampled = torch.empty((len(masks), 1, *size), dtype=torch.float16)
+    for i, mask in enumerate(masks):
+        resampled[i] = F.interpolate(mask[None].float(), size=size, mode="bilinear").cpu()
+    return resampled
 
 
 def build_bundle(
@@ -65,21 +124,24 @@ def build_bundle(
     preset: str,
     conditional_config: ConditionalConfig | None = None,
     proposal_settings: ProposalSettings | None = None,
-    backbone_weights: Path | str | None = None,
+    initialisation: dict[str, str | None] | None = None,
     metadata: dict | None = None,
 ) -> ModelBundle:
-    """Freshly initialised networks for `classes` (names, class id = position + 1)."""
-    if not classes or len(set(classes)) != len(classes):
-        raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
+    """Networks for `classes` (names, class id = position + 1), freshly initialised or from
+    pretrained weights: `initialisation` names them, `{"backbone_weights": ImageNet weights of
+    the ResNet body, "coco_weights": torchvision's COCO Mask R-CNN}`
+    (models.prediction.build_prediction_net); the bundle's metadata records it."""
+    _check_classes(classes)
+    initialisation = {**dict.fromkeys(INITIALISATIONS), **(initialisation or {})}
     return ModelBundle(
         classes=list(classes),
         preset=preset,
         prediction=build_prediction_net(
-            preset=preset, num_classes=len(classes), backbone_weights=backbone_weights
+            preset=preset, num_classes=len(classes), **initialisation
         ),
         conditional=ConditionalNet(len(classes), conditional_config),
         proposal_settings=proposal_settings or ProposalSettings(),
-        metadata=dict(metadata or {}),
+        metadata={**(metadata or {}), "initialisation": initialisation},
     )
 
 
@@ -116,12 +178,20 @@ def load_bundle(path: Path, map_location: str | torch.device = "cpu") -> ModelBu
         ) from error
     _check_header(checkpoint, path)
     try:
-        bundle = build_bundle(
-            classes=list(checkpoint["classes"]),
+        classes, metadata = list(checkpoint["classes"]), dict(checkpoint["metadata"])
+        _check_classes(classes)
+        pretrained = any(metadata.get("initialisation", {}).values())
+        bundle = ModelBundle(
+            classes=classes,
             preset=checkpoint["preset"],
-            conditional_config=ConditionalConfig.from_dict(checkpoint["conditional_config"]),
+            prediction=build_prediction_net(
+                preset=checkpoint["preset"], num_classes=len(classes), frozen_norm=pretrained
+            ),
+            conditional=ConditionalNet(
+                len(classes), ConditionalConfig.from_dict(checkpoint["conditional_config"])
+            ),
             proposal_settings=ProposalSettings.from_dict(checkpoint["proposal_settings"]),
-            metadata=checkpoint["metadata"],
+            metadata=metadata,
         )
     except (KeyError, TypeError, ValueError) as error:
         raise BundleError(f"{path} has invalid settings: {error}") from error
@@ -130,6 +200,11 @@ def load_bundle(path: Path, map_location: str | torch.device = "cpu") -> ModelBu
     bundle.prediction.eval()
     bundle.conditional.eval()
     return bundle.to(map_location)
+
+
+def _check_classes(classes: list[str]) -> None:
+    if not classes or len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be a non-empty list of unique names, got {classes}")
 
 
 def _check_header(checkpoint: object, path: Path) -> None:

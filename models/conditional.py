@@ -30,6 +30,7 @@ from models.descriptors import (
     proposal_descriptors,
     working_copy,
 )
+from models.images import as_image_tensor
 from models.inference import InferenceConfig, consistent_argmax, to_instances
 from models.pairwise import proposal_affinity, refine_scores
 from models.structures import InstanceSet
@@ -101,18 +102,6 @@ class ProposalContext:
 
 def pooling_grid(image_size: tuple[int, int], stride: int) -> tuple[int, int]:
     return (-(-image_size[0] // stride), -(-image_size[1] // stride))
-
-
-def as_image_tensor(image: np.ndarray | Tensor) -> Tensor:
-    """An HxWx3 uint8 array, or a FloatTensor[3, H, W] in [0, 1], as FloatTensor[3, H, W]."""
-    if isinstance(image, Tensor) and image.is_floating_point():
-        if image.ndim != 3 or image.shape[0] != 3:
-            raise ValueError(f"image tensor must be (3, H, W), got {tuple(image.shape)}")
-        return image
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3 or array.dtype != np.uint8:
-        raise ValueError(f"image must be an HxWx3 uint8 array, got {array.dtype} {array.shape}")
-    return torch.from_numpy(array).permute(2, 0, 1).float() / 255
 
 
 @torch.no_grad()

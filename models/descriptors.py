@@ -109,6 +109,16 @@ def objectness_prior(descriptors: Tensor, border_weight: float = 1.0) -> Tensor:
     )
 
 
+def flip_descriptors(descriptors: Tensor) -> Tensor:
+    """The descriptors of the same proposals in the horizontally mirrored image: the shape grid
+    and the box mirror, every other statistic is unchanged. descriptors: FloatTensor[P, D]."""
+    grid = SHAPE_GRID * SHAPE_GRID
+    shape = descriptors[:, :grid].reshape(-1, SHAPE_GRID, SHAPE_GRID).flip(-1).flatten(1)
+    x0, y0, x1, y1 = descriptors[:, grid : grid + 4].unbind(1)
+    box = torch.stack([1 - x1, y0, 1 - x0, y1], dim=1)
+    return torch.cat([shape, box, descriptors[:, grid + 4 :]], dim=1)
+
+
 def _weighted_mean(weights: Tensor, values: Tensor) -> Tensor:
     """weights: [P, N], values: [N, D] -> [P, D] weighted means (0 where a weight row is 0)."""
     return (weights @ values) / weights.sum(dim=1, keepdim=True).clamp(min=1e-6)

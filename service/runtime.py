@@ -35,6 +35,7 @@ from models.delta import delta_matrix
 from models.proposals import propose
 from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
+from models.thresholds import SCORE_THRESHOLD
 from service.core.config import Settings
 from service.metrics import Metrics
 
@@ -254,22 +255,22 @@ class ModelRuntime:
 
     @torch.inference_mode()
     def segment(
-        self, image: np.ndarray, *, score_threshold: float = 0.5, max_instances: int | None = None
+        self,
+        image: np.ndarray,
+        *,
+        score_threshold: float = SCORE_THRESHOLD,
+        max_instances: int | None = None,
     ) -> InstanceSet:
         """Instances of the prediction network with score >= score_threshold, best first, at
-        most `max_instances`; an instance whose mask is empty after thresholding is dropped.
+        most `max_instances` (models.bundle.ModelBundle.segment; proposals cached).
 
         image: uint8[H, W, 3] RGB. Returns CPU tensors; boxes are the masks' tight boxes.
         """
-        tensor = torch.from_numpy(image).to(self.device).permute(2, 0, 1).float() / 255
         with self.metrics.time_model("segment"):
-            output = self.bundle.prediction([tensor])[0]
-        masks = output["masks"][:, 0] > 0.5  # (D, H, W)
-        keep = (output["scores"] >= score_threshold) & masks.flatten(1).any(1)
-        keep = keep.nonzero().squeeze(1)[:max_instances]
-        return InstanceSet.from_masks(
-            masks[keep].cpu(), output["labels"][keep].cpu(), output["scores"][keep].cpu()
-        )
+            instances = self.bundle.segment(
+                image, score_threshold=score_threshold, proposer=self.proposals
+            )
+        return instances.subset(torch.arange(len(instances))[:max_instances])
 
     def proposals(self, image: np.ndarray, boxes: np.ndarray | None = None) -> torch.Tensor:
         """BoolTensor[P, H, W] segment proposals (box-conditioned with boxes), cached."""

@@ -59,6 +59,9 @@ class TrainConfig:
         (anchors and RoIs on them are neither positive nor negative) or "background".
     baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
         the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
+    backbone_weights: ImageNet weights of the prediction network's ResNet body (a state_dict
+        file or a torchvision weights enum name); coco_weights: a start from torchvision's
+        COCO Mask R-CNN (`coco` or a state_dict file; `paper` preset). Default: from scratch.
     image_size: images are downscaled so the longer side is at most this (never upscaled).
     prediction_threshold: in the C-step, detections scoring below it are never part of the
         sample y_p of the prediction network's output; above it each is, with probability its
@@ -86,6 +89,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     backbone_weights: str | None = None
+    coco_weights: str | None = None
     baseline: str | None = None
 
     def __post_init__(self) -> None:
@@ -110,6 +114,8 @@ class TrainConfig:
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,
             "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
+            "give backbone weights or COCO weights, not both": self.backbone_weights is None
+            or self.coco_weights is None,
             "baseline must be box-mask or grabcut, with boxes supervision": self.baseline is None
             or (self.baseline in ("box-mask", "grabcut") and self.supervision == "boxes"),
         }

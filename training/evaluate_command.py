@@ -7,9 +7,9 @@ from typing import Annotated
 
 import typer
 
+from models.thresholds import SCORE_THRESHOLD
 from training.errors import DEVICES, check_choice, fail, user_errors
 from training.predict_command import (
-    DEFAULT_SCORE_THRESHOLD,
     Device,
     Progress,
     ScoreThreshold,
@@ -46,7 +46,7 @@ def evaluate(
             "per_class, coco_mask_AP, coco_mask_AP50, coco_mask_AP75.",
         ),
     ] = None,
-    score_threshold: ScoreThreshold = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: ScoreThreshold = SCORE_THRESHOLD,
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:

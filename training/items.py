@@ -4,7 +4,7 @@ An item keeps its proposals bit-packed and the proposal context and candidate ge
 memory (a few MB per image), so that every phase reads them instead of recomputing.
 """
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
@@ -20,6 +20,8 @@ from models.candidates import (
 )
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
 from models.delta import mask_iou
+from models.images import as_image_tensor, fit_image, fitted_size
+from models.regions import RegionProposals, describe_regions
 from models.structures import mask_boxes
 from models.warm_start import box_seed_labels
 from training.baselines import baseline_target, grabcut_in_box
@@ -27,34 +29,62 @@ from training.data.dataset import Sample
 from training.proposal_cache import ProposalCache
 
 
+@dataclass(frozen=True)
+class PackedMasks:
+    """BoolTensor[N, H, W] kept bit-packed (an item's proposals are a few MB unpacked)."""
+
+    bits: np.ndarray
+    shape: tuple[int, int, int]
+
+    @classmethod
+    def pack(cls, masks: Tensor) -> "PackedMasks":
+        return cls(np.packbits(masks.numpy().ravel()), tuple(masks.shape))
+
+    def unpack(self) -> Tensor:
+        bits = np.unpackbits(self.bits, count=int(np.prod(self.shape)))
+        return torch.from_numpy(bits.reshape(self.shape).astype(bool))
+
+
 @dataclass
 class TrainingItem:
-    """image: uint8[H, W, 3]; annotation: tags or boxes (None under masks supervision);
-    target: the ground truth in torchvision's format under masks supervision, else None;
-    box_labels: for boxes, Int64Tensor[P] the warm start's self-training labels, seeded by
-    GrabCut in each box (models.warm_start.box_seed_labels; they depend on the annotation
-    alone, so they are computed once here), else None."""
+    """One training image and what is computed once for it.
+
+    image: uint8[H, W, 3]; annotation: tags or boxes (None under masks supervision and for the
+    box baselines); target: the ground truth (masks supervision) or a baseline's pseudo masks
+    in torchvision's format, else None; regions: the prediction network's RoIs, the image's
+    annotation-agnostic proposals (`region_proposals()` restores their masks); proposals: the
+    conditional network's proposals when they differ from those (given boxes: box-conditioned
+    ones); context, geometry: the conditional network's proposal context and its candidates'
+    geometry; box_labels: for boxes, Int64Tensor[P] the warm start's self-training labels,
+    seeded by GrabCut in each box (models.warm_start.box_seed_labels; they depend on the
+    annotation alone, so they are computed once here), else None.
+    """
 
     index: int
     image: np.ndarray
     annotation: Annotation | None
     target: dict[str, Tensor] | None
-    packed_proposals: np.ndarray
-    proposal_shape: tuple[int, int, int]
-    context: ProposalContext | None
-    geometry: dict[str, Tensor]
+    regions: RegionProposals  # without masks: see region_masks
+    region_masks: PackedMasks
+    proposal_masks: PackedMasks | None = None
+    context: ProposalContext | None = None
+    geometry: dict[str, Tensor] = field(default_factory=dict)
     box_labels: Tensor | None = None
 
     @property
     def tensor(self) -> Tensor:
         """FloatTensor[3, H, W] in [0, 1]."""
-        return torch.from_numpy(np.array(self.image)).permute(2, 0, 1).float() / 255
+        return as_image_tensor(self.image)
+
+    def region_proposals(self) -> RegionProposals:
+        """The prediction network's RoIs with their masks."""
+        return replace(
+            self.regions, masks=self.region_masks.unpack(), shapes=self.regions.shapes.float()
+        )
 
     def proposals(self) -> Tensor:
-        """BoolTensor[P, H, W]."""
-        count = int(np.prod(self.proposal_shape))
-        bits = np.unpackbits(self.packed_proposals, count=count)
-        return torch.from_numpy(bits.reshape(self.proposal_shape).astype(bool))
+        """BoolTensor[P, H, W]: the conditional network's proposals."""
+        return (self.proposal_masks or self.region_masks).unpack()
 
     def candidates(self) -> Candidates:
         """The annotation's candidates as found at preparation time, with their geometry."""
@@ -62,7 +92,7 @@ class TrainingItem:
         proposal_ids, box_ids = self.geometry["proposal_ids"], self.geometry["box_ids"]
         masks = proposals[proposal_ids]
         if isinstance(self.annotation, BoxAnnotation):
-            masks &= box_rectangles(self.annotation, self.proposal_shape[1:])[box_ids]
+            masks &= box_rectangles(self.annotation, proposals.shape[1:])[box_ids]
         candidates = Candidates(masks, proposal_ids, box_ids)
         candidates.__dict__.update(self.geometry)  # fills the cached properties
         return candidates
@@ -71,22 +101,15 @@ class TrainingItem:
 def fit_to_size(sample: Sample, max_size: int) -> Sample:
     """Downscale so the longer side is at most max_size (boxes and masks follow)."""
     height, width = sample.image.shape[:2]
-    scale = max_size / max(height, width)
-    if scale >= 1:
+    size = fitted_size(height, width, max_size)
+    if size == (height, width):
         return sample
-    size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = cv2.resize(sample.image, size, interpolation=cv2.INTER_AREA)
-    masks = None if sample.masks is None else _resize_masks(sample.masks, size)
-    boxes = None if sample.boxes is None else sample.boxes * scale
-    return Sample(
-        image=image,
-        image_id=sample.image_id,
-        file_name=sample.file_name,
-        supervision=sample.supervision,
-        tags=sample.tags,
-        labels=sample.labels,
-        boxes=boxes,
-        masks=masks,
+    scale = np.array([size[1] / width, size[0] / height] * 2, dtype=np.float32)
+    return replace(
+        sample,
+        image=fit_image(sample.image, max_size),
+        masks=None if sample.masks is None else _resize_masks(sample.masks, size[::-1]),
+        boxes=None if sample.boxes is None else sample.boxes * scale,
     )
 
 
@@ -121,20 +144,6 @@ def target_of(sample: Sample) -> dict[str, Tensor] | None:
     }
 
 
-def _target_only_item(index: int, sample: Sample, target: dict[str, Tensor]) -> TrainingItem:
-    height, width = sample.image.shape[:2]
-    return TrainingItem(
-        index=index,
-        image=sample.image,
-        annotation=None,
-        target=target,
-        packed_proposals=np.zeros(0, np.uint8),
-        proposal_shape=(0, height, width),
-        context=None,
-        geometry={},
-    )
-
-
 def prepare_item(
     index: int,
     sample: Sample,
@@ -143,49 +152,53 @@ def prepare_item(
     max_size: int,
     baseline: str | None = None,
 ) -> TrainingItem:
-    """Proposals, their context and the candidates' geometry; none under masks supervision or
-    a baseline, which train the prediction network alone on `target`."""
+    """Proposals, their descriptions and the candidates' geometry of one sample.
+
+    Under masks supervision or a baseline only the prediction network trains, on `target`:
+    the conditional network's proposal context is not computed."""
     sample = fit_to_size(sample, max_size)
     annotation = annotation_of(sample)
+    image = as_image_tensor(sample.image)
+    plain = cache.get(sample.image)
+    regions = describe_regions(image, plain)
+    item = TrainingItem(
+        index=index,
+        image=sample.image,
+        annotation=annotation,
+        target=target_of(sample),
+        # shapes in half precision: 0.5 MB instead of 1 MB per image of 300 proposals
+        regions=replace(regions, masks=plain[:0], shapes=regions.shapes.half()),
+        region_masks=PackedMasks.pack(plain),
+    )
     if baseline is not None:
-        return _target_only_item(index, sample, baseline_target(sample.image, annotation, baseline))
+        return replace(
+            item, annotation=None, target=baseline_target(sample.image, annotation, baseline)
+        )
     if annotation is None:
-        return _target_only_item(index, sample, target_of(sample))
+        return item
 
-    boxes = sample.boxes if isinstance(annotation, BoxAnnotation) else None
-    proposals = cache.get(sample.image, boxes)
+    proposals = plain
     if isinstance(annotation, BoxAnnotation):
-        proposals = with_box_rectangles(proposals, annotation)
-    image = torch.from_numpy(np.array(sample.image)).permute(2, 0, 1).float() / 255
+        proposals = with_box_rectangles(cache.get(sample.image, sample.boxes), annotation)
+        item.proposal_masks = PackedMasks.pack(proposals)
     candidates = annotation_candidates(proposals, annotation, config.inference.box_iou_threshold)
-    box_labels = (
-        box_seed_labels(
+    if isinstance(annotation, BoxAnnotation):
+        item.box_labels = box_seed_labels(
             candidates,
             annotation,
             len(proposals),
             mask_boxes(proposals),
             grabcut_agreement(sample.image, candidates, annotation),
         )
-        if isinstance(annotation, BoxAnnotation)
-        else None
-    )
-    return TrainingItem(
-        index=index,
-        image=sample.image,
-        annotation=annotation,
-        target=target_of(sample),
-        packed_proposals=np.packbits(proposals.numpy().ravel()),
-        proposal_shape=tuple(proposals.shape),
-        context=describe_proposals(image, proposals, config),
-        geometry={
-            "proposal_ids": candidates.proposal_ids,
-            "box_ids": candidates.box_ids,
-            "intersection": candidates.intersection,
-            "areas": candidates.areas,
-            "boxes": candidates.boxes,
-        },
-        box_labels=box_labels,
-    )
+    item.context = describe_proposals(image, proposals, config)
+    item.geometry = {
+        "proposal_ids": candidates.proposal_ids,
+        "box_ids": candidates.box_ids,
+        "intersection": candidates.intersection,
+        "areas": candidates.areas,
+        "boxes": candidates.boxes,
+    }
+    return item
 
 
 def grabcut_agreement(image: np.ndarray, candidates: Candidates, boxes: BoxAnnotation) -> Tensor:

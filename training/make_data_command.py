@@ -5,7 +5,10 @@ from typing import Annotated
 
 import typer
 
-from training.data.synthetic import CLASSES, generate_dataset
+from training.data.photo_scenes import PHOTOS
+from training.data.synthetic import SHAPES, generate_dataset
+
+FAMILIES = {"shapes": SHAPES, "photos": PHOTOS}
 
 
 def make_data(
@@ -26,6 +29,15 @@ def make_data(
             help="Share of the images that go to val.json, in [0, 1); the rest to train.json.",
         ),
     ] = 0.2,
+    family: Annotated[
+        str,
+        typer.Option(
+            "--family",
+            metavar="shapes|photos",
+            help="shapes: six geometric shapes in procedural textures; photos: five other "
+            "shapes (a horse among them) filled with photographic textures on photographs.",
+        ),
+    ] = "shapes",
 ) -> None:
     """Render synthetic scenes of textured shapes (the class is the shape) as a COCO dataset."""
     problems = []
@@ -35,14 +47,19 @@ def make_data(
         problems.append(f"--size must be at least 16, got {size}")
     if not 0 <= val_fraction < 1:
         problems.append(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    if family not in FAMILIES:
+        problems.append(f"--family must be one of {', '.join(FAMILIES)}, got {family!r}")
     if out.exists() and not out.is_dir():
         problems.append(f"OUT exists and is not a folder: {out}")
     if problems:
         typer.echo(f"error: {'; '.join(problems)}", err=True)
         raise typer.Exit(code=2)
     try:
-        train, val = generate_dataset(out, n=n, size=size, seed=seed, val_fraction=val_fraction)
+        train, val = generate_dataset(
+            out, n=n, size=size, seed=seed, val_fraction=val_fraction, family=FAMILIES[family]
+        )
     except OSError as error:
         typer.echo(f"error: cannot write the dataset to {out}: {error}", err=True)
         raise typer.Exit(code=2) from None
-    typer.echo(f"wrote {n} images of {len(CLASSES)} classes ({', '.join(CLASSES)}): {train}, {val}")
+    classes = FAMILIES[family].classes
+    typer.echo(f"wrote {n} images of {len(classes)} classes ({', '.join(classes)}): {train}, {val}")

@@ -14,9 +14,9 @@ import torch
 from tqdm import tqdm
 
 from models.bundle import ModelBundle
+from models.thresholds import SCORE_THRESHOLD
 from training.data.coco import encode_mask
 from training.data.dataset import load_rgb
-from training.steps import predict_instances
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def coco_results(
     images: Sequence[tuple[int, Path]],
     *,
     category_ids: Sequence[int] | None = None,
-    score_threshold: float = 0.05,
+    score_threshold: float = SCORE_THRESHOLD,
     device: torch.device | str = "cpu",
     progress: bool = False,
 ) -> list[dict[str, Any]]:
@@ -105,11 +105,10 @@ def coco_results(
         raise ValueError(
             f"{len(category_ids)} category ids for a model of {bundle.num_classes} classes"
         )
-    bundle.prediction.eval().to(device)
+    bundle.to(device).prediction.eval()
     results = []
     for image_id, path in tqdm(images, desc="predicting", unit="image", disable=not progress):
-        tensor = torch.from_numpy(load_rgb(path).copy()).permute(2, 0, 1).float() / 255
-        instances = predict_instances(bundle.prediction, tensor.to(device), score_threshold)
+        instances = bundle.segment(load_rgb(path), score_threshold=score_threshold)
         for mask, label, score in zip(
             instances.masks.numpy(), instances.labels.tolist(), instances.scores.tolist(),
             strict=True,

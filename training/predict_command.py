@@ -6,9 +6,8 @@ from typing import Annotated
 
 import typer
 
+from models.thresholds import SCORE_THRESHOLD
 from training.errors import DEVICES, check_choice, fail, user_errors
-
-DEFAULT_SCORE_THRESHOLD = 0.05
 
 ScoreThreshold = Annotated[
     float,
@@ -43,7 +42,7 @@ def predict(
             "1..n in argument order and category l is the model's class l.",
         ),
     ] = None,
-    score_threshold: ScoreThreshold = DEFAULT_SCORE_THRESHOLD,
+    score_threshold: ScoreThreshold = SCORE_THRESHOLD,
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:

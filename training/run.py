@@ -113,7 +113,10 @@ def train(
             preset=config.preset,
             conditional_config=conditional_config,
             proposal_settings=settings,
-            backbone_weights=config.backbone_weights,
+            initialisation={
+                "backbone_weights": config.backbone_weights,
+                "coco_weights": config.coco_weights,
+            },
             metadata={"supervision": config.supervision, "train_images": len(dataset)},
         )
     bundle.to(device)

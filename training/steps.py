@@ -1,18 +1,22 @@
 """The loss of one training step of each phase, as named terms (`loss_*` sum to the objective).
 
-Each function takes a batch of training items and the networks, and returns a dict of 0-dim
-tensors; the loop in `training.trainer` does backward and the optimiser step.
+Every step loss has the signature of `StepLoss`: a batch of training items, the bundle of both
+networks, the settings and the device; it returns a dict of 0-dim tensors, `loss_*` terms and
+logged measurements. The loop in `training.trainer` does backward and the optimiser step.
 """
+
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
-from torchvision.models.detection import MaskRCNN
 
 from models.annotations import TagAnnotation
+from models.bundle import ModelBundle
 from models.candidates import Candidates
 from models.conditional import ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
 from models.inference import consistent_argmax, to_instances, unclaimed_instances
+from models.prediction import ProposalMaskRCNN, detected_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
 from models.warm_start import (
@@ -23,6 +27,8 @@ from models.warm_start import (
 )
 from training.config import TrainConfig
 from training.items import TrainingItem
+
+StepLoss = Callable[[list[TrainingItem], ModelBundle, TrainConfig, torch.device], dict[str, Tensor]]
 
 
 def mean_terms(terms: list[dict[str, Tensor]]) -> dict[str, Tensor]:
@@ -54,12 +60,10 @@ def annotation_loss(
 
 
 def warm_start_loss(
-    batch: list[TrainingItem],
-    conditional: ConditionalNet,
-    device: torch.device,
-    config: TrainConfig,
+    batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
     """The conditional network from the annotation alone (models.warm_start)."""
+    conditional = bundle.conditional
     terms = []
     for item in batch:
         scores = conditional(item.tensor.to(device), item.context.to(device), 1).cpu()
@@ -86,7 +90,7 @@ def pseudo_targets(
     device: torch.device,
 ) -> list[dict[str, Tensor]]:
     """K samples of the conditional network for one item, consistent with its annotation, as
-    detection targets (CPU). With `ignore_unclaimed` each also has `ignore_boxes`, the boxes of
+    detection targets (CPU). With `ignore_unclaimed` each also has `ignore_masks`, the masks of
     the instances it leaves out for the per-tag limit (models.inference.unclaimed_instances)."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
     candidates = item.candidates()
@@ -97,105 +101,120 @@ def pseudo_targets(
         target = instance_target(to_instances(selection, candidates, s))
         if ignore_unclaimed:
             unclaimed = unclaimed_instances(s, candidates, item.annotation, inference, selection)
-            target["ignore_boxes"] = mask_boxes(candidates.masks[unclaimed.candidate_ids])
+            target["ignore_masks"] = candidates.masks[unclaimed.candidate_ids]
         targets.append(target)
     return targets
 
 
-def p_step_loss(
+def hflip_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    """A detection target of the horizontally mirrored image."""
+    flipped = {key: value.flip(-1) for key, value in target.items() if key.endswith("masks")}
+    return {**target, **flipped, "boxes": mask_boxes(flipped["masks"].bool())}
+
+
+def prediction_loss(
     batch: list[TrainingItem],
-    prediction: MaskRCNN,
-    conditional: ConditionalNet,
-    config: TrainConfig,
+    targets: list[list[dict[str, Tensor]]],
+    prediction: ProposalMaskRCNN,
+    gamma: float,
     device: torch.device,
+) -> dict[str, Tensor]:
+    """The prediction network's loss against K targets per item, each image mirrored with
+    probability 1/2 (the one augmentation that needs no new proposals)."""
+    images, proposals, mirrored = [], [], []
+    for item, item_targets in zip(batch, targets, strict=True):
+        image, regions = item.tensor, item.region_proposals()
+        if bool(torch.rand(()) < 0.5):
+            image, regions = image.flip(-1), regions.hflip()
+            item_targets = [hflip_target(t) for t in item_targets]
+        images.append(image.to(device))
+        proposals.append(regions.to(device))
+        mirrored.append([{key: value.to(device) for key, value in t.items()} for t in item_targets])
+    return pseudo_target_loss(prediction, images, proposals, mirrored, gamma=gamma)
+
+
+def p_step_loss(
+    batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
     """Mask R-CNN on K pseudo labels per image, with the self-diversity term."""
     ignore_unclaimed = config.unclaimed == "ignore"
     targets = [
-        [
-            _to_device(t, device)
-            for t in pseudo_targets(item, conditional, config.k, ignore_unclaimed, device)
-        ]
+        pseudo_targets(item, bundle.conditional, config.k, ignore_unclaimed, device)
         for item in batch
     ]
-    images = [item.tensor.to(device) for item in batch]
-    return pseudo_target_loss(prediction, images, targets, gamma=config.gamma)
+    return prediction_loss(batch, targets, bundle.prediction, config.gamma, device)
 
 
 def supervised_loss(
-    batch: list[TrainingItem], prediction: MaskRCNN, device: torch.device
+    batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
-    """Full supervision (the upper bound): the ground truth is the single target, γ = 1."""
-    targets = [[_to_device(item.target, device)] for item in batch]
-    images = [item.tensor.to(device) for item in batch]
-    return pseudo_target_loss(prediction, images, targets, gamma=1.0)
+    """The prediction network alone on each item's target (the ground truth: the upper bound;
+    or a baseline's pseudo masks): a single target, γ = 1."""
+    targets = [[item.target] for item in batch]
+    return prediction_loss(batch, targets, bundle.prediction, 1.0, device)
 
 
 @torch.no_grad()
-def predict_instances(prediction: MaskRCNN, image: Tensor, score_threshold: float) -> InstanceSet:
-    """The prediction network's detections scoring at least score_threshold, with their masks
-    binarised at 0.5. image: FloatTensor[3, H, W] in [0, 1]."""
-    output = prediction([image])[0]
-    return _detected_instances(output, output["scores"] >= score_threshold)
-
-
-@torch.no_grad()
-def sample_prediction(prediction: MaskRCNN, image: Tensor, min_score: float) -> InstanceSet:
-    """A sample y_p ~ Pr_p of the prediction network's output (the seed's eq. 13 takes the
-    expectation over such samples): each detection scoring at least min_score is an instance
-    with probability its score, independently of the others. Sampling instead of thresholding
-    keeps y_p meaningful while the prediction network is unsure: trained for minutes from
-    scratch its detections score 0.1-0.3, and a threshold of 0.5 left y_p empty on nearly every
-    image. image: FloatTensor[3, H, W] in [0, 1]."""
-    output = prediction([image])[0]
+def sample_prediction(
+    prediction: ProposalMaskRCNN, item: TrainingItem, min_score: float, device: torch.device
+) -> InstanceSet:
+    """A sample y_p ~ Pr_p of the prediction network's output on an item (the seed's eq. 13
+    takes the expectation over such samples): each detection scoring at least min_score is an
+    instance with probability its score, independently of the others."""
+    output = prediction([item.tensor.to(device)], [item.region_proposals().to(device)])[0]
     scores = output["scores"]
     draws = torch.rand(scores.shape).to(scores.device)
-    return _detected_instances(output, (scores >= min_score) & (draws < scores))
+    return detected_instances(output, (scores >= min_score) & (draws < scores))
 
 
-def _detected_instances(output: dict[str, Tensor], keep: Tensor) -> InstanceSet:
-    """The kept detections of a torchvision Mask R-CNN output as an InstanceSet (CPU)."""
-    masks = output["masks"][keep, 0] > 0.5
-    nonempty = masks.flatten(1).any(1)
-    return InstanceSet.from_masks(
-        masks[nonempty].cpu(),
-        output["labels"][keep][nonempty].cpu(),
-        output["scores"][keep][nonempty].cpu(),
-    )
-
-
-def c_step_loss(
-    batch: list[TrainingItem],
-    prediction: MaskRCNN,
+def c_step_terms(
+    item: TrainingItem,
+    y_p: InstanceSet,
     conditional: ConditionalNet,
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    """Algorithm 1 of the seed against a sample y_p of the prediction network's output, plus
-    the warm start's annotation loss on every sample.
+    """Algorithm 1 of the seed against y_p, plus the warm start's annotation loss on every
+    sample, for one item.
 
-    An image where y_p is empty (no detection was sampled) gets the annotation loss alone:
-    Algorithm 1's agreement term is then 0 and its diversity term, unopposed, flattens the
-    scores until every sample leaves its best consistent output (given boxes, top-1 IoU fell
-    from 0.90 to 0.46 in two C-steps).
+    Where y_p is empty the annotation loss is the only term: Algorithm 1's agreement term is
+    then 0 and its diversity term, unopposed, flattens the scores until every sample leaves its
+    best consistent output (given boxes, top-1 IoU fell from 0.90 to 0.46 in two C-steps).
     """
-    inference = conditional.config.inference
+    scores = conditional(item.tensor.to(device), item.context.to(device), config.k).cpu()
+    candidates = item.candidates()
+    prior = conditional.objectness_prior(item.context)
+    anchor = annotation_loss(scores, item, candidates, prior, config)
+    if len(y_p) == 0:
+        zero = scores.sum() * 0
+        return {"loss_agreement": zero, "loss_diversity": zero, **anchor}
+    outputs = c_step_outputs(
+        scores.detach(), candidates, item.annotation, y_p, conditional.config.inference
+    )
+    return {**conditional_loss(scores, candidates, outputs, config.gamma), **anchor}
+
+
+def c_step_loss(
+    batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
+) -> dict[str, Tensor]:
+    """The C-step against a sample y_p of the prediction network's output per item; logs the
+    share of items whose y_p is not empty (`y_p_nonempty`) and its mean size (`y_p_instances`)."""
     terms = []
     for item in batch:
-        image = item.tensor.to(device)
-        y_p = sample_prediction(prediction, image, config.prediction_threshold)
-        scores = conditional(image, item.context.to(device), config.k).cpu()
-        candidates = item.candidates()
-        prior = conditional.objectness_prior(item.context)
-        anchor = annotation_loss(scores, item, candidates, prior, config)
-        if len(y_p) == 0:
-            zero = scores.sum() * 0
-            terms.append({"loss_agreement": zero, "loss_diversity": zero, **anchor})
-            continue
-        outputs = c_step_outputs(scores.detach(), candidates, item.annotation, y_p, inference)
-        terms.append({**conditional_loss(scores, candidates, outputs, config.gamma), **anchor})
+        y_p = sample_prediction(bundle.prediction, item, config.prediction_threshold, device)
+        terms.append(
+            {
+                **c_step_terms(item, y_p, bundle.conditional, config, device),
+                "y_p_nonempty": torch.tensor(float(len(y_p) > 0)),
+                "y_p_instances": torch.tensor(float(len(y_p))),
+            }
+        )
     return mean_terms(terms)
 
 
-def _to_device(target: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
-    return {key: value.to(device) for key, value in target.items()}
+STEP_LOSSES: dict[str, StepLoss] = {
+    "warm_start": warm_start_loss,
+    "p_step": p_step_loss,
+    "c_step": c_step_loss,
+    "supervised": supervised_loss,
+}

@@ -250,6 +250,18 @@ def train_command(
             rich_help_panel=_TRAINING,
         ),
     ] = DEFAULTS.backbone_weights,
+    coco_weights: Annotated[
+        str | None,
+        typer.Option(
+            "--init",
+            metavar="coco|FILE",
+            help="Start the prediction network from torchvision's COCO Mask R-CNN "
+            "(maskrcnn_resnet50_fpn; its class-specific layers are replaced): coco downloads "
+            "torchvision's weights, FILE is a torch.save'd state_dict of that model. Needs "
+            "--preset paper; not with --backbone-weights.",
+            rich_help_panel=_TRAINING,
+        ),
+    ] = DEFAULTS.coco_weights,
     cache_dir: Annotated[
         Path | None,
         typer.Option(
@@ -300,6 +312,8 @@ def train_command(
     from training.trainer import log_path, state_path
 
     check_choice("--preset", preset, list(PRESETS))
+    if coco_weights is not None and preset != "paper":
+        fail(f"--init loads a ResNet-50 Mask R-CNN: it needs --preset paper, not {preset}")
     check_choice("--unclaimed", unclaimed, list(UNCLAIMED_CHOICES))
     if max_instances_per_tag < 0:
         fail(f"--max-instances-per-tag must be 0 or more, got {max_instances_per_tag}")
@@ -331,6 +345,7 @@ def train_command(
             seed=seed,
             device=device,
             backbone_weights=backbone_weights,
+            coco_weights=coco_weights,
         )
         inference = InferenceConfig(max_instances_per_tag=max_instances_per_tag or None)
     noise = {} if noise_amplitude is None else {"noise_amplitude": noise_amplitude}

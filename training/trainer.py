@@ -13,20 +13,26 @@ after every phase; `resume` skips the phases a previous run completed.
 import json
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor
 from tqdm import tqdm
 
 from models.bundle import ModelBundle, save_bundle
 from training.config import TrainConfig
 from training.distributed import Rank, average_gradients
 from training.items import TrainingItem
-from training.steps import c_step_loss, p_step_loss, supervised_loss, warm_start_loss
+from training.steps import STEP_LOSSES
+
+# The network each phase trains (its optimiser steps); the other one only infers.
+TRAINED_NETWORK = {
+    "warm_start": "conditional",
+    "c_step": "conditional",
+    "p_step": "prediction",
+    "supervised": "prediction",
+}
 
 
 @dataclass(frozen=True)
@@ -77,28 +83,9 @@ class Trainer:
         self.rng = np.random.default_rng(self.config.seed + self.rank.index)
         self.log_file = log_path(self.out).open("a") if self.rank.is_main else None
 
-    def loss_fn(
-        self, phase: Phase
-    ) -> tuple[Callable[[list[TrainingItem]], dict[str, Tensor]], str]:
-        """The step loss of a phase and the optimiser it trains."""
-        b, c, d = self.bundle, self.config, self.device
-        if phase.name == "warm_start":
-            return (
-                lambda batch: warm_start_loss(batch, b.conditional, d, c)
-            ), "conditional"
-        if phase.name == "c_step":
-            return (
-                lambda batch: c_step_loss(batch, b.prediction, b.conditional, c, d)
-            ), "conditional"
-        if phase.name == "p_step":
-            return (
-                lambda batch: p_step_loss(batch, b.prediction, b.conditional, c, d)
-            ), "prediction"
-        return (lambda batch: supervised_loss(batch, b.prediction, d)), "prediction"
-
     def set_modes(self, phase: Phase) -> None:
         """The trained network in train mode, the other one (used for inference) in eval."""
-        trains_conditional = phase.name in ("warm_start", "c_step")
+        trains_conditional = TRAINED_NETWORK[phase.name] == "conditional"
         self.bundle.conditional.train(trains_conditional)
         self.bundle.prediction.train(not trains_conditional)
 
@@ -118,7 +105,6 @@ class Trainer:
 
     def run_phase(self, phase: Phase) -> None:
         self.set_modes(phase)
-        loss_fn, trained = self.loss_fn(phase)
         steps = phase.epochs * math.ceil(len(self.items) / self.config.batch_size)
         bar = tqdm(
             total=steps,
@@ -131,18 +117,19 @@ class Trainer:
             for epoch in range(phase.epochs):
                 for batch in self.batches():
                     start = time.perf_counter()
-                    terms = self.run_step(batch, loss_fn, trained)
+                    terms = self.run_step(batch, phase)
                     self.after_step(phase, epoch, terms, time.perf_counter() - start, len(batch))
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()})
                     bar.update()
 
-    def run_step(self, batch: list[TrainingItem], loss_fn, trained: str) -> dict[str, float]:
-        terms = loss_fn(batch)
+    def run_step(self, batch: list[TrainingItem], phase: Phase) -> dict[str, float]:
+        terms = STEP_LOSSES[phase.name](batch, self.bundle, self.config, self.device)
         objective = sum(v for k, v in terms.items() if k.startswith("loss_"))
         if not torch.isfinite(objective):
             raise FloatingPointError(
                 f"non-finite loss: { {k: float(v) for k, v in terms.items()} }"
             )
+        trained = TRAINED_NETWORK[phase.name]
         optimizer = self.optimizers[trained]
         optimizer.zero_grad(set_to_none=True)
         objective.backward()

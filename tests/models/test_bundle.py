@@ -1,7 +1,9 @@
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+import torchvision
 
 from models.bundle import (
     BundleError,
@@ -38,7 +40,11 @@ def test_round_trip_keeps_weights_and_settings(bundle_file: Path) -> None:
     assert loaded.preset == "tiny"
     assert loaded.conditional.config == CONFIG
     assert loaded.proposal_settings == ProposalSettings(max_proposals=50)
-    assert loaded.metadata == {"supervision": "tags", "rounds": 2}
+    assert loaded.metadata == {
+        "supervision": "tags",
+        "rounds": 2,
+        "initialisation": {"backbone_weights": None, "coco_weights": None},
+    }
     assert not loaded.prediction.training and not loaded.conditional.training
     for a, b in zip(
         loaded.prediction.state_dict().values(), again.prediction.state_dict().values(), strict=True
@@ -104,3 +110,48 @@ def test_digest_changes_with_content(bundle_file: Path, tmp_path: Path) -> None:
     assert file_digest(copy) == file_digest(bundle_file)
     copy.write_bytes(bundle_file.read_bytes() + b"\0")
     assert file_digest(copy) != file_digest(bundle_file)
+
+
+def test_a_bundle_from_pretrained_weights_records_them_and_loads(tmp_path: Path) -> None:
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), weights)
+    bundle = build_bundle(
+        classes=["disc"],
+        preset="tiny",
+        conditional_config=CONFIG,
+        initialisation={"backbone_weights": str(weights)},
+    )
+    path = tmp_path / "pretrained.pt"
+    save_bundle(bundle, path)
+    loaded = load_bundle(path)
+    assert loaded.metadata["initialisation"] == {
+        "backbone_weights": str(weights),
+        "coco_weights": None,
+    }
+    # the frozen layout of a pretrained start: frozen batch norm, stem and layer1 fixed
+    body = loaded.prediction.backbone.body
+    assert isinstance(body.bn1, torchvision.ops.FrozenBatchNorm2d)
+    assert not body.conv1.weight.requires_grad
+    trained = bundle.prediction.backbone.body
+    torch.testing.assert_close(body.layer2[0].conv1.weight, trained.layer2[0].conv1.weight)
+
+
+def test_segment_works_at_the_working_size_and_answers_at_the_image_size(
+    bundle_file: Path,
+) -> None:
+    bundle = load_bundle(bundle_file)
+    seen = []
+
+    def proposer(image: np.ndarray) -> torch.Tensor:
+        seen.append(image.shape)
+        masks = torch.zeros((2, *image.shape[:2]), dtype=torch.bool)
+        masks[0, 10:60, 20:90] = True
+        masks[1, 100:200, 100:250] = True
+        return masks
+
+    image = np.random.default_rng(0).integers(0, 256, (300, 600, 3), dtype=np.uint8)
+    instances = bundle.segment(image, score_threshold=0.0, proposer=proposer)
+    assert seen == [(128, 256, 3)]  # the tiny preset works at 256 px on the longer side
+    assert instances.masks.shape[1:] == (300, 600)
+    assert len(instances) >= 1 and (instances.scores.diff() <= 0).all()
+    assert len(bundle.segment(image, score_threshold=1.0, proposer=proposer)) == 0

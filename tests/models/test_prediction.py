@@ -6,39 +6,44 @@ import torch
 import torchvision
 from torch import Tensor
 from torch.testing import assert_close
-from torchvision.models.detection import MaskRCNN
 
-from models.prediction import PRESETS, build_prediction_net
+from models.prediction import (
+    PRESETS,
+    build_prediction_net,
+    detected_instances,
+    mask_nms,
+    paste_mask_logits,
+)
 from models.prediction_loss import (
-    _discard_negatives_near,
-    _sample_rois,
+    IGNORE,
+    assign_proposals,
     pseudo_target_loss,
     self_diversity,
 )
+from models.regions import RegionProposals, describe_regions
 
 NUM_CLASSES = 3
-MASK_RCNN_TERMS = (
-    "loss_classifier",
-    "loss_box_reg",
-    "loss_mask",
-    "loss_objectness",
-    "loss_rpn_box_reg",
-)
+MASK_RCNN_TERMS = ("loss_classifier", "loss_box_reg", "loss_mask")
+
+
+def rectangles(height: int, width: int, rects: list[tuple[int, int, int, int]]) -> Tensor:
+    """BoolTensor[N, H, W] of filled rectangles (x0, y0, x1, y1)."""
+    masks = torch.zeros(len(rects), height, width, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(rects):
+        masks[i, y0:y1, x0:x1] = True
+    return masks
 
 
 def make_target(height: int, width: int, rects: list[tuple[int, int, int, int, int]]) -> dict:
     """A target of rectangles (x0, y0, x1, y1, class); an empty list gives no instances."""
-    masks = torch.zeros(len(rects), height, width, dtype=torch.uint8)
-    for i, (x0, y0, x1, y1, _) in enumerate(rects):
-        masks[i, y0:y1, x0:x1] = 1
     return {
         "boxes": torch.tensor([r[:4] for r in rects], dtype=torch.float32).reshape(-1, 4),
         "labels": torch.tensor([r[4] for r in rects], dtype=torch.int64),
-        "masks": masks,
+        "masks": rectangles(height, width, [r[:4] for r in rects]).to(torch.uint8),
     }
 
 
-# sizes that model.transform resizes, so that the resizing of the targets is tested
+# sizes that model.transform resizes, so that the scaling of the RoIs is tested
 IMAGE_SIZES = ((96, 128), (128, 96))
 TARGET_A = [
     make_target(96, 128, [(10, 8, 60, 50, 1), (70, 40, 120, 90, 2)]),
@@ -49,6 +54,13 @@ TARGET_B = [
     make_target(128, 96, [(5, 5, 40, 60, 1), (50, 70, 90, 120, 1)]),
 ]
 EMPTY = [make_target(h, w, []) for h, w in IMAGE_SIZES]
+# every instance of both targets, a piece of one, shifted copies, and background regions
+PROPOSAL_RECTS = [
+    [(10, 8, 60, 50), (70, 40, 120, 90), (30, 20, 90, 70), (10, 8, 30, 50), (12, 10, 62, 52),
+     (0, 60, 40, 96), (90, 0, 128, 30), (0, 0, 128, 96)],
+    [(20, 30, 80, 100), (5, 5, 40, 60), (50, 70, 90, 120), (20, 30, 50, 100), (0, 100, 20, 128),
+     (60, 0, 96, 25), (0, 0, 96, 128)],
+]
 
 
 @pytest.fixture(scope="module")
@@ -57,17 +69,20 @@ def images() -> list[Tensor]:
     return [torch.rand(3, h, w, generator=generator) for h, w in IMAGE_SIZES]
 
 
-def tiny_model(*, exhaustive_sampling: bool = False) -> MaskRCNN:
+@pytest.fixture(scope="module")
+def proposals(images: list[Tensor]) -> list[RegionProposals]:
+    return [
+        describe_regions(image, rectangles(*image.shape[-2:], rects))
+        for image, rects in zip(images, PROPOSAL_RECTS, strict=True)
+    ]
+
+
+def tiny_model() -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_prediction_net(preset="tiny", num_classes=NUM_CLASSES)
     model.train()
     # smaller still than tiny, for speed; the images are still resized (by 1.25)
     model.transform.min_size, model.transform.max_size = (128,), 160
-    model.rpn._pre_nms_top_n["training"], model.rpn._post_nms_top_n["training"] = 200, 100
-    if exhaustive_sampling:
-        # every anchor and RoI is sampled: the losses no longer depend on the random state
-        model.rpn.fg_bg_sampler.batch_size_per_image = 10**9
-        model.roi_heads.fg_bg_sampler.batch_size_per_image = 10**9
     return model
 
 
@@ -93,32 +108,43 @@ def test_paper_preset_is_resnet50_fpn_with_torchvision_defaults() -> None:
     model = build_prediction_net(preset="paper", num_classes=20)
     assert model.backbone.body.layer4[-1].conv3.out_channels == 2048  # bottleneck ResNet-50
     assert model.backbone.out_channels == 256
+    assert model.roi_heads.box_head.fc7.out_features == 1024
     assert model.roi_heads.box_predictor.cls_score.out_features == 21
     assert model.roi_heads.mask_predictor.mask_fcn_logits.out_channels == 21
     assert model.transform.min_size == (800,) and model.transform.max_size == 1333
-    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
 
 
 @pytest.mark.parametrize("preset", ["tiny", "small"])
-def test_preset_trains_and_predicts(preset: str) -> None:
+def test_preset_trains_and_predicts(
+    preset: str, images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
     torch.manual_seed(0)
     model = build_prediction_net(preset=preset, num_classes=NUM_CLASSES)
-    # fewer sampled RoIs and detections than the preset's, only to keep the test fast on CPU
-    model.roi_heads.fg_bg_sampler.batch_size_per_image = 64
-    model.roi_heads.detections_per_img = 5
-    image = torch.rand(3, 96, 128)
+    model.detections_per_img = 5
     model.train()
-    losses = model([image], [TARGET_A[0]])
-    assert set(losses) == set(MASK_RCNN_TERMS)
+    losses = model(images, proposals, TARGET_A)
+    assert set(losses) == {*MASK_RCNN_TERMS, "loss_self_diversity", "div_pp"}
     assert all(torch.isfinite(v) for v in losses.values())
     model.eval()
     with torch.no_grad():
-        (prediction,) = model([image])
-    num = len(prediction["boxes"])
-    assert num <= 5
-    assert prediction["masks"].shape == (num, 1, 96, 128)
-    assert prediction["labels"].shape == (num,) and prediction["scores"].shape == (num,)
-    assert ((prediction["labels"] >= 1) & (prediction["labels"] <= NUM_CLASSES)).all()
+        predictions = model(images, proposals)
+    for prediction, image in zip(predictions, images, strict=True):
+        num = len(prediction["boxes"])
+        assert num <= 5
+        assert prediction["masks"].shape == (num, 1, *image.shape[-2:])
+        assert prediction["labels"].shape == (num,) and prediction["scores"].shape == (num,)
+        assert ((prediction["labels"] >= 1) & (prediction["labels"] <= NUM_CLASSES)).all()
+        assert (prediction["scores"].diff() <= 0).all()  # best first
+
+
+def test_proposals_of_another_image_size_are_refused(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
+    model = tiny_model().eval()
+    with pytest.raises(ValueError, match="proposals of a"):
+        model(images, proposals[::-1])
+    with pytest.raises(ValueError, match="2 images but 1"):
+        model(images, proposals[:1])
 
 
 def test_unknown_preset_lists_the_presets() -> None:
@@ -177,89 +203,163 @@ def test_unknown_or_unfitting_weights_name(name: str, message: str) -> None:
         build_prediction_net(preset="tiny", num_classes=NUM_CLASSES, backbone_weights=name)
 
 
+@pytest.fixture(scope="module")
+def coco_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    """A state_dict of torchvision's COCO Mask R-CNN architecture (random weights: nothing
+    can be downloaded here), saved the way torchvision's weights files are."""
+    torch.manual_seed(2)
+    state = torchvision.models.detection.maskrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=91
+    ).state_dict()
+    path = tmp_path_factory.mktemp("coco") / "maskrcnn_resnet50_fpn_coco.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_coco_weights_load_every_class_agnostic_part(coco_checkpoint: tuple[Path, dict]) -> None:
+    path, state = coco_checkpoint
+    torch.manual_seed(3)
+    model = build_prediction_net(preset="paper", num_classes=NUM_CLASSES, coco_weights=str(path))
+    own = model.state_dict()
+    for key in (
+        "backbone.body.layer4.2.conv3.weight",
+        "backbone.body.bn1.running_mean",
+        "backbone.fpn.layer_blocks.3.0.weight",
+        "roi_heads.box_head.fc6.weight",
+        "roi_heads.box_head.fc7.bias",
+        "roi_heads.mask_head.3.0.weight",
+        "roi_heads.mask_predictor.conv5_mask.weight",
+    ):
+        assert_close(own[key], state[key], rtol=0, atol=0, msg=key)
+    # the class-specific layers are the model's own (C + 1 = 4 classes, not COCO's 91)
+    assert own["roi_heads.box_predictor.cls_score.weight"].shape[0] == NUM_CLASSES + 1
+    assert own["roi_heads.mask_predictor.mask_fcn_logits.weight"].shape[0] == NUM_CLASSES + 1
+    body = model.backbone.body
+    assert not body.layer1[0].conv1.weight.requires_grad
+    assert body.layer4[0].conv1.weight.requires_grad
+
+
+def test_coco_weights_need_the_paper_layout(
+    coco_checkpoint: tuple[Path, dict], tmp_path: Path
+) -> None:
+    path, _ = coco_checkpoint
+    with pytest.raises(ValueError, match="--preset paper"):
+        build_prediction_net(preset="small", num_classes=NUM_CLASSES, coco_weights=str(path))
+    with pytest.raises(FileNotFoundError):
+        build_prediction_net(preset="paper", num_classes=1, coco_weights=str(tmp_path / "no.pth"))
+    with pytest.raises(ValueError, match="not both"):
+        build_prediction_net(
+            preset="paper", num_classes=1, coco_weights=str(path), backbone_weights=str(path)
+        )
+
+
 # ------------------------------------------------------------------- the loss
 
 
-def test_one_target_gives_torchvisions_loss(images: list[Tensor]) -> None:
-    model = tiny_model(exhaustive_sampling=True)
-    expected = model(images, TARGET_A)
-    losses = pseudo_target_loss(model, images, per_image(TARGET_A))
-    for name in MASK_RCNN_TERMS:
-        assert_close(losses[name], expected[name], msg=name)
+def test_proposals_are_matched_by_mask_iou(proposals: list[RegionProposals]) -> None:
+    target = {**TARGET_A[0], "ignore_masks": rectangles(96, 128, [(0, 60, 40, 96)])}
+    assignment = assign_proposals(proposals[0], target)
+    # the two instances, the other target's instance (IoU 0.21 with the first: background),
+    # 2/5 of the first instance (IoU 0.4: a near miss, ignored), a shifted copy (IoU 0.84), a
+    # region under the ignore mask, a background region, the whole image
+    assert assignment.labels.tolist() == [1, 2, 0, IGNORE, 1, IGNORE, 0, 0]
+    assert assignment.matched[[0, 1, 3, 4]].tolist() == [0, 1, 0, 0]
+    assert assign_proposals(proposals[0], EMPTY[0]).labels.tolist() == [0] * 8
 
 
-def test_distinct_targets_average_their_losses(images: list[Tensor]) -> None:
-    model = tiny_model(exhaustive_sampling=True)
-    loss_a = pseudo_target_loss(model, images, per_image(TARGET_A))
-    loss_b = pseudo_target_loss(model, images, per_image(TARGET_B))
-    both = pseudo_target_loss(model, images, per_image(TARGET_A, TARGET_B))
+def test_distinct_targets_average_their_losses(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
+    model = tiny_model()
+    loss_a = pseudo_target_loss(model, images, proposals, per_image(TARGET_A))
+    loss_b = pseudo_target_loss(model, images, proposals, per_image(TARGET_B))
+    both = pseudo_target_loss(model, images, proposals, per_image(TARGET_A, TARGET_B))
     for name in MASK_RCNN_TERMS:
         assert_close(both[name], (loss_a[name] + loss_b[name]) / 2, msg=name)
     assert not torch.isclose(loss_a["loss_mask"], loss_b["loss_mask"])
 
 
-def test_repeated_samples_weigh_by_how_often_they_occur(images: list[Tensor]) -> None:
-    model = tiny_model(exhaustive_sampling=True)
-    loss_a = pseudo_target_loss(model, images, per_image(TARGET_A))
-    loss_b = pseudo_target_loss(model, images, per_image(TARGET_B))
-    mixed = pseudo_target_loss(model, images, per_image(TARGET_A, TARGET_B, TARGET_A))
+def test_repeated_samples_weigh_by_how_often_they_occur(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
+    model = tiny_model()
+    loss_a = pseudo_target_loss(model, images, proposals, per_image(TARGET_A))
+    loss_b = pseudo_target_loss(model, images, proposals, per_image(TARGET_B))
+    mixed = pseudo_target_loss(model, images, proposals, per_image(TARGET_A, TARGET_B, TARGET_A))
     for name in MASK_RCNN_TERMS:
         assert_close(mixed[name], (2 * loss_a[name] + loss_b[name]) / 3, msg=name)
 
 
-def test_copies_of_one_target_give_the_single_target_loss(images: list[Tensor]) -> None:
+def test_copies_of_one_target_give_the_single_target_loss(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
     model = tiny_model()
-    torch.manual_seed(7)
-    single = pseudo_target_loss(model, images, per_image(TARGET_A))
-    torch.manual_seed(7)
-    copies = pseudo_target_loss(model, images, per_image(*[TARGET_A] * 4))
+    single = pseudo_target_loss(model, images, proposals, per_image(TARGET_A))
+    copies = pseudo_target_loss(model, images, proposals, per_image(*[TARGET_A] * 4))
     assert single.keys() == copies.keys()
     for name in single:
         assert_close(copies[name], single[name], msg=name)
-    torch.manual_seed(8)
-    other_seed = pseudo_target_loss(model, images, per_image(TARGET_A))
-    assert not torch.equal(other_seed["loss_objectness"], single["loss_objectness"])
 
 
-def test_empty_targets_give_finite_losses_on_the_graph(images: list[Tensor]) -> None:
+def test_the_training_forward_is_the_single_target_loss(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
+    model = tiny_model()
+    expected = pseudo_target_loss(model, images, proposals, per_image(TARGET_A), gamma=1.0)
+    losses = model(images, proposals, TARGET_A)
+    for name in expected:
+        assert_close(losses[name], expected[name], msg=name)
+
+
+def test_empty_targets_give_finite_losses_on_the_graph(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
     model = tiny_model()
     for targets in (per_image(EMPTY), per_image(TARGET_A, EMPTY)):
         model.zero_grad()
-        losses = pseudo_target_loss(model, images, targets)
+        losses = pseudo_target_loss(model, images, proposals, targets)
         for name, value in losses.items():
             assert torch.isfinite(value), name
             assert (value.grad_fn is not None) == name.startswith("loss_"), name
         objective(losses).backward()
         assert model.backbone.body.layer1[0].conv1.weight.grad is not None
-    assert pseudo_target_loss(model, images, per_image(EMPTY))["loss_mask"] == 0
+    empty = pseudo_target_loss(model, images, proposals, per_image(EMPTY))
+    assert empty["loss_mask"] == 0 and empty["loss_box_reg"] == 0 and empty["loss_classifier"] > 0
 
 
-def test_gradients_reach_every_part(images: list[Tensor]) -> None:
+def test_gradients_reach_every_part(images: list[Tensor], proposals: list[RegionProposals]) -> None:
     model = tiny_model()
-    objective(pseudo_target_loss(model, images, per_image(TARGET_A, TARGET_B))).backward()
+    losses = pseudo_target_loss(model, images, proposals, per_image(TARGET_A, TARGET_B))
+    objective(losses).backward()
+    heads = model.roi_heads
     for module in (
         model.backbone.body.conv1,
         model.backbone.fpn.inner_blocks[0][0],
-        model.rpn.head.conv[0][0],
-        model.roi_heads.box_head.fc6,
-        model.roi_heads.mask_head[0][0],
-        model.roi_heads.mask_predictor.mask_fcn_logits,
+        heads.box_head.fc6,
+        heads.region_head.mlp[0],
+        heads.box_predictor.cls_score,
+        heads.box_predictor.bbox_pred,
+        heads.mask_head[0][0],
+        heads.mask_prior.embedding,
+        heads.mask_predictor.mask_fcn_logits,
     ):
         assert module.weight.grad is not None and module.weight.grad.abs().sum() > 0, module
+    assert heads.mask_prior.scale.grad is not None
 
 
-def test_self_diversity_term_scales_with_one_minus_gamma(images: list[Tensor]) -> None:
+def test_self_diversity_term_scales_with_one_minus_gamma(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
     model = tiny_model()
-    terms = {}
-    for gamma in (0.0, 0.5, 1.0):
-        torch.manual_seed(3)
-        terms[gamma] = pseudo_target_loss(model, images, per_image(TARGET_A), gamma=gamma)
+    terms = {
+        gamma: pseudo_target_loss(model, images, proposals, per_image(TARGET_A), gamma=gamma)
+        for gamma in (0.0, 0.5, 1.0)
+    }
     div_pp = terms[0.0]["div_pp"]
     assert div_pp > 0 and div_pp.grad_fn is None
     assert_close(terms[0.0]["loss_self_diversity"], -div_pp)
     assert_close(terms[0.5]["loss_self_diversity"], -0.5 * div_pp)
     assert terms[1.0]["loss_self_diversity"] == 0
-    assert all(t["loss_self_diversity"] <= 0 for t in terms.values())
 
 
 def test_self_diversity_is_the_disagreement_of_two_draws() -> None:
@@ -278,66 +378,94 @@ def test_self_diversity_is_the_disagreement_of_two_draws() -> None:
     assert math.isclose(no_masks.item(), 0.75, rel_tol=1e-6) and no_masks.grad_fn is not None
 
 
-def with_ignore_boxes(targets: list[dict], boxes_per_image: list[list[tuple]]) -> list[dict]:
-    return [
-        {**t, "ignore_boxes": torch.tensor(b, dtype=torch.float32).reshape(-1, 4)}
-        for t, b in zip(targets, boxes_per_image, strict=True)
-    ]
-
-
-def test_negatives_near_an_ignore_box_are_discarded() -> None:
-    boxes = torch.tensor([[0, 0, 10, 10], [1, 1, 11, 11], [50, 50, 60, 60], [0, 0, 10, 10.0]])
-    labels = torch.tensor([0, 0, 0, 2])
-    target = {"ignore_boxes": torch.tensor([[0, 0, 10, 10.0]])}
-    # IoU 1 and 81/119 with the ignore box: discarded; far away: a negative still; a positive
-    # stays one however much it overlaps
-    assert _discard_negatives_near(labels, boxes, target, 0.5).tolist() == [-1, -1, 0, 2]
-    assert _discard_negatives_near(labels, boxes, target, 0.7).tolist() == [-1, 0, 0, 2]
-    assert _discard_negatives_near(labels, boxes, {}, 0.5).tolist() == [0, 0, 0, 2]
-    float_labels = labels.float()  # the RPN's labels are float
-    assert _discard_negatives_near(float_labels, boxes, target, 0.5).tolist() == [-1, -1, 0, 2]
-
-
-def test_ignore_boxes_on_the_instances_themselves_change_nothing(images: list[Tensor]) -> None:
-    # Whatever overlaps an instance as much as a positive may is a positive or discarded
-    # already: the matchers' negative thresholds are the discarding ones.
-    model = tiny_model(exhaustive_sampling=True)
-    plain = pseudo_target_loss(model, images, per_image(TARGET_A))
-    own_boxes = [t["boxes"].tolist() for t in TARGET_A]
-    ignoring = pseudo_target_loss(model, images, per_image(with_ignore_boxes(TARGET_A, own_boxes)))
+def test_ignore_masks_take_background_proposals_out_of_the_loss(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
+    model = tiny_model()
+    plain = pseudo_target_loss(model, images, proposals, per_image(TARGET_A))
+    ignore = [rectangles(96, 128, [(0, 60, 40, 96)]), rectangles(128, 96, [(0, 100, 20, 128)])]
+    ignoring = [{**t, "ignore_masks": m} for t, m in zip(TARGET_A, ignore, strict=True)]
+    ignored = pseudo_target_loss(model, images, proposals, per_image(ignoring))
+    assert ignored["loss_classifier"] != plain["loss_classifier"]
+    assert_close(ignored["loss_mask"], plain["loss_mask"])
+    # on the instances themselves they change nothing: those proposals are positives
+    own = [{**t, "ignore_masks": t["masks"].bool()} for t in TARGET_A]
+    on_instances = pseudo_target_loss(model, images, proposals, per_image(own))
     for name in MASK_RCNN_TERMS:
-        assert_close(ignoring[name], plain[name], msg=name)
+        assert_close(on_instances[name], plain[name], msg=name)
 
 
-def test_ignore_boxes_elsewhere_take_negatives_out_of_the_losses(images: list[Tensor]) -> None:
-    model = tiny_model(exhaustive_sampling=True)
-    plain = pseudo_target_loss(model, images, per_image(TARGET_A))
-    elsewhere = [[(70, 5, 125, 35)], [(10, 105, 90, 125)]]  # away from TARGET_A's instances
-    ignoring = pseudo_target_loss(model, images, per_image(with_ignore_boxes(TARGET_A, elsewhere)))
-    assert ignoring["loss_objectness"] != plain["loss_objectness"]
-    # the untrained RPN proposes nothing on those regions: RoI sampling is tested below
-    for name in ("loss_classifier", "loss_box_reg", "loss_mask"):
-        assert_close(ignoring[name], plain[name], msg=name)
-
-
-def test_rois_on_an_ignore_box_are_not_sampled() -> None:
-    roi_heads = tiny_model(exhaustive_sampling=True).roi_heads
-    ignored, far, on_instance = [70, 5, 125, 35], [0, 60, 30, 90], [10, 8, 60, 50]
-    proposals = [torch.tensor([ignored, far, on_instance], dtype=torch.float32)]
-    target = make_target(96, 128, [(10, 8, 60, 50, 1)])
-    for ignore_boxes, expected in (([], [0, 0, 1]), ([ignored], [0, 1])):
-        (targets,) = per_image(with_ignore_boxes([target], [ignore_boxes]))
-        sample = _sample_rois(roi_heads, proposals, targets, [0])
-        # rows 0-2 are the proposals, row 3 the instance's box added as a proposal
-        sampled = dict(zip(sample.rows[0].tolist(), sample.labels[0].tolist(), strict=True))
-        proposal_labels = [sampled[row] for row in range(3) if row in sampled]
-        assert sorted(proposal_labels) == expected
-        assert (0 in sampled) == (ignore_boxes == [])
-
-
-def test_targets_must_have_the_same_k_per_image(images: list[Tensor]) -> None:
+def test_targets_must_have_the_same_k_per_image(
+    images: list[Tensor], proposals: list[RegionProposals]
+) -> None:
     model = tiny_model()
     with pytest.raises(ValueError, match="same number"):
-        pseudo_target_loss(model, images, [[TARGET_A[0]], [TARGET_A[1], TARGET_B[1]]])
+        pseudo_target_loss(model, images, proposals, [[TARGET_A[0]], [TARGET_A[1], TARGET_B[1]]])
     with pytest.raises(ValueError, match="one target list per image"):
-        pseudo_target_loss(model, images, [[TARGET_A[0]]])
+        pseudo_target_loss(model, images, proposals, [[TARGET_A[0]]])
+
+
+# --------------------------------------------------------------- the detections
+
+
+def test_mask_nms_removes_overlaps_within_a_class_only() -> None:
+    masks = rectangles(20, 20, [(0, 0, 10, 10), (0, 0, 10, 9), (0, 0, 10, 10), (12, 12, 20, 20)])
+    scores = torch.tensor([0.9, 0.95, 0.5, 0.1])
+    labels = torch.tensor([1, 1, 2, 1])
+    # 1 beats 0 (IoU 0.9, same class); 2 is of another class; 3 overlaps nothing
+    assert mask_nms(masks, scores, labels, 0.5).tolist() == [1, 2, 3]
+    assert mask_nms(masks, scores, labels, 0.95).tolist() == [1, 0, 2, 3]
+
+
+def test_masks_keep_the_proposals_full_resolution_boundary(
+    proposals: list[RegionProposals],
+) -> None:
+    """Without a learned correction a detection's mask is its proposal's mask, pixel for
+    pixel: only the correction is resampled from the mask head's grid."""
+    model = tiny_model().eval()
+    regions = proposals[0]
+    rows = torch.tensor([0, 3, 6])
+    prior_logits = model.roi_heads.mask_prior.logits(regions.shapes[rows])
+    probabilities = paste_mask_logits(prior_logits, regions, rows, model.roi_heads.mask_prior)
+    assert torch.equal(probabilities > 0.5, regions.masks[rows])
+    raised = paste_mask_logits(prior_logits + 100, regions, rows, model.roi_heads.mask_prior)
+    boxes = regions.boxes[rows].long()
+    for mask, (x0, y0, x1, y1) in zip(raised > 0.5, boxes.tolist(), strict=True):
+        assert mask[y0:y1, x0:x1].all() and mask.sum() == (x1 - x0) * (y1 - y0)
+
+
+def test_detected_instances_keep_what_is_asked() -> None:
+    masks = torch.zeros(3, 1, 8, 8)
+    masks[0, 0, :4] = 0.9
+    masks[2, 0, 4:] = 0.7
+    output = {
+        "masks": masks,
+        "labels": torch.tensor([1, 2, 3]),
+        "scores": torch.tensor([0.9, 0.8, 0.2]),
+        "boxes": torch.zeros(3, 4),
+    }
+    instances = detected_instances(output, output["scores"] >= 0.5)
+    # the second detection's mask is empty at 0.5: dropped
+    assert instances.labels.tolist() == [1] and instances.masks[0].sum() == 32
+    assert len(detected_instances(output, torch.ones(3, dtype=torch.bool))) == 2
+
+
+# ------------------------------------------------------------------ the regions
+
+
+def test_region_proposals_mirror_with_the_image(images: list[Tensor]) -> None:
+    image = images[0]
+    masks = rectangles(96, 128, [(10, 8, 60, 50), (100, 0, 128, 20)])
+    mirrored = describe_regions(image, masks).hflip()
+    direct = describe_regions(image.flip(-1), masks.flip(-1))
+    assert torch.equal(mirrored.masks, direct.masks)
+    assert_close(mirrored.boxes, direct.boxes)
+    assert_close(mirrored.shapes, direct.shapes)
+    assert_close(mirrored.descriptors, direct.descriptors, atol=1e-4, rtol=1e-4)
+
+
+def test_describe_regions_refuses_masks_of_another_size(images: list[Tensor]) -> None:
+    with pytest.raises(ValueError, match="image's size"):
+        describe_regions(images[0], torch.ones(2, 10, 10, dtype=torch.bool))
+    with pytest.raises(ValueError, match="non-empty"):
+        describe_regions(images[0], torch.zeros(1, 96, 128, dtype=torch.bool))

@@ -12,7 +12,6 @@ from models.bundle import build_bundle
 from models.conditional import ConditionalConfig
 from models.inference import consistent_argmax, unclaimed_instances
 from models.proposals import ProposalSettings
-from models.structures import mask_boxes
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
@@ -53,7 +52,9 @@ def test_items_prepared_in_worker_processes_are_the_ones_prepared_inline(setting
         assert inline.index == worker.index
         annotations = [dataclasses.asdict(item.annotation) for item in (inline, worker)]
         torch.testing.assert_close(*annotations)
-        assert (inline.packed_proposals == worker.packed_proposals).all()
+        assert (inline.region_masks.bits == worker.region_masks.bits).all()
+        assert torch.equal(inline.proposals(), worker.proposals())
+        torch.testing.assert_close(inline.regions, worker.regions)
         torch.testing.assert_close(inline.context, worker.context)
         torch.testing.assert_close(inline.geometry, worker.geometry)
         torch.testing.assert_close(inline.box_labels, worker.box_labels)
@@ -62,12 +63,11 @@ def test_items_prepared_in_worker_processes_are_the_ones_prepared_inline(setting
 def test_without_prediction_output_only_the_annotation_loss_remains(setting):
     items, bundle, *_ = setting
     nothing_reaches = dataclasses.replace(CONFIG, prediction_threshold=1.01)
-    terms = c_step_loss(
-        items, bundle.prediction, bundle.conditional, nothing_reaches, torch.device("cpu")
-    )
+    terms = c_step_loss(items, bundle, nothing_reaches, torch.device("cpu"))
     assert terms["loss_agreement"] == 0 and terms["loss_diversity"] == 0
+    assert terms["y_p_nonempty"] == 0 and terms["y_p_instances"] == 0
     assert terms["loss_self_training"] > 0
-    objective = sum(terms.values())
+    objective = sum(v for k, v in terms.items() if k.startswith("loss_"))
     objective.backward()
     gradients = [p.grad for p in bundle.conditional.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in gradients)
@@ -87,7 +87,7 @@ def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):
         torch.manual_seed(0)
         ignoring = pseudo_targets(item, conditional, 2, True, cpu)
         assert len(plain) == len(ignoring) == 2
-        assert all("ignore_boxes" not in t for t in plain)
+        assert all("ignore_masks" not in t for t in plain)
         torch.manual_seed(0)
         scores = conditional(item.tensor, item.context, 2)
         candidates, inference = item.candidates(), conditional.config.inference
@@ -96,26 +96,31 @@ def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):
                 assert torch.equal(target[key], ignoring_target[key])
             selection = consistent_argmax(s, candidates, item.annotation, inference)
             left_out = unclaimed_instances(s, candidates, item.annotation, inference, selection)
-            expected = mask_boxes(candidates.masks[left_out.candidate_ids])
-            assert torch.equal(ignoring_target["ignore_boxes"], expected)
+            expected = candidates.masks[left_out.candidate_ids]
+            assert torch.equal(ignoring_target["ignore_masks"], expected)
             left_out_boxes += len(expected)
     assert (left_out_boxes > 0) == (dataset.supervision == "tags")
 
 
-def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score():
+def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score(setting):
+    items, *_ = setting
+    item = items[0]
     scores = torch.tensor([1.0, 0.7, 0.3, 0.08])
-    masks = torch.zeros((4, 1, 8, 8))
+    masks = torch.zeros((4, 1, *item.image.shape[:2]))
     for i in range(4):
         masks[i, 0, i : i + 2, i : i + 2] = 0.9
 
-    def prediction(images):
+    def prediction(images, proposals):
+        assert len(images) == len(proposals) == 1
+        assert proposals[0].image_size == tuple(images[0].shape[-2:])
         return [{"scores": scores, "labels": torch.tensor([1, 2, 3, 1]), "masks": masks}]
 
     torch.manual_seed(0)
     draws = 2000
     kept = torch.zeros(4)
+    cpu = torch.device("cpu")
     for _ in range(draws):
-        y_p = sample_prediction(prediction, torch.zeros((3, 8, 8)), min_score=0.1)
+        y_p = sample_prediction(prediction, item, 0.1, cpu)
         for label, score in zip(y_p.labels, y_p.scores, strict=True):
             kept[int((scores == score).nonzero())] += 1
             assert int(label) == [1, 2, 3, 1][int((scores == score).nonzero())]

@@ -154,10 +154,10 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
 
 
 def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
-    def nan_loss(batch, conditional, device, config):
+    def nan_loss(batch, bundle, config, device):
         return {"loss_mil": torch.tensor(float("nan"), requires_grad=True)}
 
-    monkeypatch.setattr(trainer_module, "warm_start_loss", nan_loss)
+    monkeypatch.setitem(trainer_module.STEP_LOSSES, "warm_start", nan_loss)
     out = tmp_path / "model.pt"
     with pytest.raises(FloatingPointError, match="loss_mil"):
         run(dataclasses.replace(TINY, supervision="tags"), data, cache_dir, out)
