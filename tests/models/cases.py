@@ -4,6 +4,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from models.annotations import BoxAnnotation
+from models.conditional import ConditionalNet
+from models.delta import mask_iou
+
 TWIN_SIZE = 64
 
 
@@ -24,3 +28,19 @@ def twin_discs() -> tuple[np.ndarray, Tensor]:
         [*discs, ~(discs[0] | discs[1]), torch.ones(TWIN_SIZE, TWIN_SIZE, dtype=torch.bool)]
     )
     return image, proposals
+
+
+def box_pick_ious(
+    net: ConditionalNet,
+    image: np.ndarray | Tensor,
+    proposals: Tensor,
+    boxes: BoxAnnotation,
+    objects: Tensor,
+) -> list[float]:
+    """The IoU of each box's pick (one sample, noise seed 0) with the box's object.
+
+    objects: BoolTensor[B, H, W], the object of each box.
+    """
+    pick = net.sample(image, proposals, boxes, 1, torch.Generator().manual_seed(0))[0]
+    assert len(pick) == len(boxes)  # instance b is box b's (models.inference.box_argmax)
+    return mask_iou(pick.masks, objects).diagonal().tolist()
