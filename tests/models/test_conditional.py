@@ -31,6 +31,7 @@ from tests.models.strategies import (
     has_disjoint_subset,
     masks_near_boxes,
     proposal_masks,
+    tag_output_exists,
     tag_sets,
 )
 
@@ -86,7 +87,11 @@ def test_tag_samples_are_consistent(data):
         assert not has_disjoint_subset(proposals, len(tags.labels)), (
             f"sampling failed although {len(tags.labels)} proposals are pairwise disjoint"
         )
-        event("no consistent output")
+        overlap_threshold = CONFIG.inference.overlap_threshold
+        assert not tag_output_exists(proposals, len(tags.labels), overlap_threshold), (
+            "sampling failed although a consistent output exists"
+        )
+        event("no consistent output (none exists)")
         return
     event("consistent output")
     assert len(samples) == K

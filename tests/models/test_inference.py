@@ -31,6 +31,7 @@ from tests.models.strategies import (
     assert_box_consistent,
     assert_tag_consistent,
     box_annotations,
+    box_output_exists,
     disjoint_tiles,
     has_disjoint_subset,
     image_sizes,
@@ -38,6 +39,7 @@ from tests.models.strategies import (
     masks_near_boxes,
     proposal_masks,
     score_tensors,
+    tag_output_exists,
     tag_sets,
 )
 
@@ -94,14 +96,16 @@ def test_tag_outputs_are_consistent(data):
     config = data.draw(configs)
     candidates = tag_candidates(proposals)
     augmentation = augmentations(data, candidates, size)
-    must_succeed = has_disjoint_subset(proposals, len(tags.labels))
     try:
         selection = consistent_argmax(scores, candidates, tags, config, augmentation)
     except ValueError:
-        assert not must_succeed, (
+        assert not has_disjoint_subset(proposals, len(tags.labels)), (
             f"tag inference failed although {len(tags.labels)} proposals are pairwise disjoint"
         )
-        event("no consistent output")
+        assert not tag_output_exists(proposals, len(tags.labels), config.overlap_threshold), (
+            "tag inference failed although a consistent output exists"
+        )
+        event("no consistent output (none exists)")
         return
     event("consistent output")
     output = to_instances(selection, candidates, scores)
@@ -206,7 +210,10 @@ def test_box_outputs_are_consistent_or_infeasible(data):
     try:
         selection = consistent_argmax(scores, candidates, boxes, config, augmentation)
     except ValueError:
-        event("no consistent output")
+        assert not box_output_exists(proposals, boxes, config.box_iou_threshold), (
+            "box inference failed although a consistent output exists"
+        )
+        event("no consistent output (none exists)")
         return
     event("consistent output")
     assert_box_consistent(
