@@ -33,6 +33,7 @@ from tests.models.strategies import (
     proposal_masks,
     tag_output_exists,
     tag_sets,
+    usually,
 )
 
 SIZE = (32, 32)
@@ -78,7 +79,7 @@ def test_tag_samples_are_consistent(data):
     image = random_image(data.draw(st.integers(0, 2**16), label="image seed"))
     tags = data.draw(tag_sets())
     proposals = data.draw(proposal_masks(SIZE, min_size=1, max_size=6))
-    if data.draw(st.booleans()):
+    if data.draw(usually, label="with tiles"):
         proposals = torch.cat([proposals, data.draw(disjoint_tiles(SIZE, len(tags.labels)))])
     generator = torch.Generator().manual_seed(data.draw(st.integers(0, 2**16)))
     try:

@@ -41,6 +41,7 @@ from tests.models.strategies import (
     score_tensors,
     tag_output_exists,
     tag_sets,
+    usually,
 )
 
 # Without shrinking: a failing example is shrunk for minutes on two cores, and each property
@@ -88,7 +89,7 @@ def test_tag_outputs_are_consistent(data):
     size = data.draw(image_sizes)
     tags = data.draw(tag_sets())
     proposals = data.draw(proposal_masks(size, min_size=0, max_size=5))
-    if data.draw(st.booleans()):
+    if data.draw(usually, label="with tiles"):
         tiles = data.draw(disjoint_tiles(size, len(tags.labels)))
         proposals = torch.cat([tiles, proposals])
     assume(len(proposals) > 0)
