@@ -203,9 +203,9 @@ def tag_output_exists(proposals: Tensor, count: int, overlap_threshold: float) -
     (intersection over the smaller mask): a consistent output for `count` tags. Exhaustive
     over the subsets, for small P."""
     masks = [m for m in proposals.numpy() if m.any()]
-    compatible = np.array(
-        [[overlap_over_smaller(a, b) <= overlap_threshold - _CLEAR for b in masks] for a in masks]
-    ).reshape(len(masks), len(masks))
+    overlaps = np.array([[overlap_over_smaller(a, b) for b in masks] for a in masks])
+    compatible = (overlaps == 0) | (overlaps <= overlap_threshold - _CLEAR)
+    compatible = compatible.reshape(len(masks), len(masks))
     return any(
         all(compatible[i, j] for i, j in itertools.combinations(subset, 2))
         for subset in itertools.combinations(range(len(masks)), count)

@@ -1,8 +1,9 @@
-"""The conditional network learns from its losses (DESIGN section 5): a few dozen optimiser
-steps on a handful of tiny synthetic images make the box warm start's picks better, the tag
-warm start's image-level scores tell the tagged classes from the rest, and the C-step move
-the samples towards the prediction network's output. Seeds are fixed; the thresholds sit far
-from the values measured over several network seeds (given in each test)."""
+"""The conditional network learns from its losses (DESIGN section 5). A few dozen optimiser
+steps on a handful of tiny synthetic images: the box warm start brings the picks closer to the
+objects, the tag warm start's image-level scores come to tell the tagged classes from the
+rest, and the C-step moves the samples towards the prediction network's output. Seeds are
+fixed; each test gives the values measured over several network seeds, far from its
+thresholds."""
 
 import dataclasses
 from collections.abc import Callable
