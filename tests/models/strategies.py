@@ -6,6 +6,8 @@ FloatTensor[P, C+1]; tags are sorted tuples of class ids in 1..C; boxes are BoxA
 float coordinates inside the image.
 """
 
+import itertools
+
 import numpy as np
 import torch
 from hypothesis import strategies as st
@@ -23,6 +25,9 @@ NUM_CLASSES = 4
 
 
 image_sizes = st.tuples(st.integers(24, 48), st.integers(24, 48))
+# Three times in four: how often the tag tests add disjoint tiles, so that most examples have
+# a consistent output to check (the rest check that none exists).
+usually = st.integers(0, 3).map(bool)
 
 
 @st.composite
@@ -186,6 +191,46 @@ def has_disjoint_subset(masks: Tensor, count: int) -> bool:
 
 def overlap_over_smaller(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum()) / max(1, min(int(a.sum()), int(b.sum())))
+
+
+# Existence checks count only what clearly satisfies a constraint (by this much), so that a
+# threshold met to the last bit by one computation and missed by another counts as missing.
+_CLEAR = 1e-6
+
+
+def tag_output_exists(proposals: Tensor, count: int, overlap_threshold: float) -> bool:
+    """Whether `count` non-empty proposals overlap pairwise at most overlap_threshold
+    (intersection over the smaller mask): a consistent output for `count` tags. Exhaustive
+    over the subsets, for small P."""
+    masks = [m for m in proposals.numpy() if m.any()]
+    overlaps = np.array([[overlap_over_smaller(a, b) for b in masks] for a in masks])
+    compatible = (overlaps == 0) | (overlaps <= overlap_threshold - _CLEAR)
+    compatible = compatible.reshape(len(masks), len(masks))
+    return any(
+        all(compatible[i, j] for i, j in itertools.combinations(subset, 2))
+        for subset in itertools.combinations(range(len(masks)), count)
+    )
+
+
+def box_output_exists(proposals: Tensor, boxes: BoxAnnotation, box_iou_threshold: float) -> bool:
+    """Whether each box can take a distinct proposal that, clipped to the box's pixel window,
+    is non-empty with tight-box IoU at least box_iou_threshold against the window: a
+    consistent output for the boxes (maximum bipartite matching, exact)."""
+    image_size = tuple(proposals.shape[-2:])
+    masks = proposals.numpy()
+    fits = np.zeros((len(boxes), len(masks)), dtype=bool)
+    for b, box in enumerate(boxes.boxes):
+        x0, y0, x1, y1 = box_pixel_window(box, image_size)
+        window = np.zeros(image_size, dtype=bool)
+        window[y0:y1, x0:x1] = True
+        for p, mask in enumerate(masks):
+            clipped = mask & window
+            fits[b, p] = clipped.any() and (
+                box_area_iou(tight_box(clipped), (x0, y0, x1, y1))
+                >= box_iou_threshold + _CLEAR
+            )
+    rows, cols = linear_sum_assignment(-fits.astype(float))
+    return len(rows) == len(boxes) and bool(fits[rows, cols].all())
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int]:

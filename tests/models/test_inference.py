@@ -31,6 +31,7 @@ from tests.models.strategies import (
     assert_box_consistent,
     assert_tag_consistent,
     box_annotations,
+    box_output_exists,
     disjoint_tiles,
     has_disjoint_subset,
     image_sizes,
@@ -38,7 +39,9 @@ from tests.models.strategies import (
     masks_near_boxes,
     proposal_masks,
     score_tensors,
+    tag_output_exists,
     tag_sets,
+    usually,
 )
 
 # Without shrinking: a failing example is shrunk for minutes on two cores, and each property
@@ -86,7 +89,7 @@ def test_tag_outputs_are_consistent(data):
     size = data.draw(image_sizes)
     tags = data.draw(tag_sets())
     proposals = data.draw(proposal_masks(size, min_size=0, max_size=5))
-    if data.draw(st.booleans()):
+    if data.draw(usually, label="with tiles"):
         tiles = data.draw(disjoint_tiles(size, len(tags.labels)))
         proposals = torch.cat([tiles, proposals])
     assume(len(proposals) > 0)
@@ -94,14 +97,16 @@ def test_tag_outputs_are_consistent(data):
     config = data.draw(configs)
     candidates = tag_candidates(proposals)
     augmentation = augmentations(data, candidates, size)
-    must_succeed = has_disjoint_subset(proposals, len(tags.labels))
     try:
         selection = consistent_argmax(scores, candidates, tags, config, augmentation)
     except ValueError:
-        assert not must_succeed, (
+        assert not has_disjoint_subset(proposals, len(tags.labels)), (
             f"tag inference failed although {len(tags.labels)} proposals are pairwise disjoint"
         )
-        event("no consistent output")
+        assert not tag_output_exists(proposals, len(tags.labels), config.overlap_threshold), (
+            "tag inference failed although a consistent output exists"
+        )
+        event("no consistent output (none exists)")
         return
     event("consistent output")
     output = to_instances(selection, candidates, scores)
@@ -206,7 +211,10 @@ def test_box_outputs_are_consistent_or_infeasible(data):
     try:
         selection = consistent_argmax(scores, candidates, boxes, config, augmentation)
     except ValueError:
-        event("no consistent output")
+        assert not box_output_exists(proposals, boxes, config.box_iou_threshold), (
+            "box inference failed although a consistent output exists"
+        )
+        event("no consistent output (none exists)")
         return
     event("consistent output")
     assert_box_consistent(

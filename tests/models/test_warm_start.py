@@ -11,7 +11,9 @@ from models.warm_start import (
     IGNORE,
     box_ranking_loss,
     box_seed_labels,
+    detection_scores,
     instance_seeds,
+    multiple_instance_loss,
     tag_self_training_labels,
 )
 
@@ -112,3 +114,20 @@ def test_tag_self_training_labels_second_seed_is_positive_not_background() -> No
     two = tag_self_training_labels(scores, candidates, tags, prior, 0.0, seed_ratio=0.3)
     assert one.tolist() == [1, IGNORE, 0, 0], "B overlaps no seed: background"
     assert two.tolist() == [1, IGNORE, 1, 0]
+
+
+def test_multiple_instance_loss_descends_towards_the_tags() -> None:
+    # Five proposals, four classes, tags {1, 3}: a step down the loss raises the image-level
+    # scores of classes 1 and 3 and lowers those of 2 and 4.
+    scores = torch.randn((5, 5), generator=torch.Generator().manual_seed(0), requires_grad=True)
+    tags, prior = TagAnnotation((1, 3)), torch.linspace(0, 1, 5)
+
+    def image_scores(s: torch.Tensor) -> torch.Tensor:
+        return detection_scores(s, prior, 1.0).sum(dim=0)
+
+    loss = multiple_instance_loss(scores, tags, prior, 1.0)
+    loss.backward()
+    stepped = scores.detach() - 0.1 * scores.grad
+    change = image_scores(stepped) - image_scores(scores.detach())
+    assert (change[[0, 2]] > 0).all() and (change[[1, 3]] < 0).all(), change
+    assert multiple_instance_loss(stepped, tags, prior, 1.0) < loss

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -65,7 +66,9 @@ def upload(data: bytes, name: str = "image.png", kind: str = "image/png") -> dic
 
 @pytest.fixture(scope="session")
 def bundle_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A freshly initialised tiny bundle of CLASSES, saved once per session."""
+    """A freshly initialised tiny bundle of CLASSES, saved once per session; the same
+    weights in every run, whichever test asks first."""
+    torch.manual_seed(0)
     bundle = build_bundle(
         classes=CLASSES,
         preset="tiny",

@@ -1,4 +1,4 @@
-"""Training items, and the C-step on them: Algorithm 1 needs a sample of the prediction
+"""Training items, and the C-step on them: Algorithm 1 runs against a sample of the prediction
 network's output; without one an image keeps only the annotation loss."""
 
 import copy
@@ -9,15 +9,23 @@ import pytest
 import torch
 
 from models.bundle import build_bundle
-from models.conditional import ConditionalConfig
-from models.inference import consistent_argmax, unclaimed_instances
+from models.conditional import ConditionalConfig, ConditionalNet
+from models.conditional_loss import c_step_outputs, conditional_loss
+from models.inference import consistent_argmax, to_instances, unclaimed_instances
 from models.proposals import ProposalSettings
+from models.structures import InstanceSet
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
 from training.proposal_cache import ProposalCache
 from training.run import prepare_items
-from training.steps import c_step_loss, pseudo_targets, sample_prediction
+from training.steps import (
+    annotation_loss,
+    c_step_loss,
+    c_step_terms,
+    pseudo_targets,
+    sample_prediction,
+)
 
 CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 CONFIG = TrainConfig(k=3, image_size=48, max_proposals=30, device="cpu")
@@ -72,6 +80,53 @@ def test_without_prediction_output_only_the_annotation_loss_remains(setting):
     gradients = [p.grad for p in bundle.conditional.head.parameters()]
     assert all(g is not None and g.abs().sum() > 0 for g in gradients)
     bundle.conditional.zero_grad(set_to_none=True)
+
+
+def current_picks(items, conditional: ConditionalNet) -> list[InstanceSet]:
+    """Each item's consistent argmax under one noise sample. As y_p it makes every other
+    output cost Δ, so Algorithm 1's loss-augmented argmax leaves the pick: a non-zero agreement
+    term (the noise hardly moves these picks)."""
+    picks = []
+    for item in items:
+        with torch.no_grad():
+            scores = conditional(item.tensor, item.context, 1, torch.Generator().manual_seed(0))
+        candidates = item.candidates()
+        inference = conditional.config.inference
+        selection = consistent_argmax(scores[0], candidates, item.annotation, inference)
+        picks.append(to_instances(selection, candidates, scores[0]))
+    return picks
+
+
+def test_c_step_runs_algorithm_1_against_a_non_empty_y_p(setting):
+    items, bundle, *_ = setting
+    conditional, cpu = bundle.conditional, torch.device("cpu")
+    y_ps = current_picks(items, conditional)
+    assert all(len(y_p) for y_p in y_ps)
+    for item, y_p in zip(items, y_ps, strict=True):
+        torch.manual_seed(0)
+        terms = c_step_terms(item, y_p, conditional, CONFIG, cpu)
+        assert set(terms) == {"loss_agreement", "loss_diversity", "loss_mil", "loss_self_training"}
+        assert terms["loss_agreement"] < 0, "the loss-augmented outputs must leave y_p"
+
+        # The same terms from their pieces: Algorithm 1's outputs for the K samples against
+        # y_p (the same noise: the same seed) and the annotation loss.
+        torch.manual_seed(0)
+        scores = conditional(item.tensor, item.context, CONFIG.k)
+        candidates = item.candidates()
+        outputs = c_step_outputs(
+            scores.detach(), candidates, item.annotation, y_p, conditional.config.inference
+        )
+        prior = conditional.objectness_prior(item.context)
+        expected = conditional_loss(scores, candidates, outputs, CONFIG.gamma) | annotation_loss(
+            scores, item, candidates, prior, CONFIG
+        )
+        for key, value in terms.items():
+            torch.testing.assert_close(value, expected[key])
+
+        terms["loss_agreement"].backward()
+        gradients = [p.grad for p in conditional.head.parameters()]
+        assert all(g is not None and g.abs().sum() > 0 for g in gradients)
+        conditional.zero_grad(set_to_none=True)
 
 
 def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):

@@ -2,14 +2,19 @@ import dataclasses
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
 import training.trainer as trainer_module
+from models.annotations import BoxAnnotation
 from models.bundle import load_bundle
 from models.conditional import ConditionalConfig
 from models.prediction import PRESETS
+from models.proposals import propose
+from tests.models.cases import box_pick_ious
 from training.config import SCHEDULES, TrainConfig
+from training.data.coco import CocoDataset
 from training.data.synthetic import CLASSES, generate_dataset
 from training.run import train
 from training.trainer import Trainer, log_path, schedule, state_path
@@ -176,3 +181,42 @@ def test_resume_refuses_a_dataset_with_other_classes(data, cache_dir, tmp_path, 
     other.write_text(json.dumps(renamed))
     with pytest.raises(ValueError, match="cannot resume.*blob"):
         run(config, (other, root), cache_dir, out, resume=True)
+
+
+def mean_box_pick_iou(bundle, dataset: CocoDataset) -> float:
+    """The conditional network's picks given each image's boxes, against the objects."""
+    ious = []
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        boxes = BoxAnnotation(torch.from_numpy(sample.boxes), torch.from_numpy(sample.labels))
+        proposals = propose(sample.image, sample.boxes, settings=bundle.proposal_settings)
+        objects = torch.from_numpy(dataset.ground_truth(index).masks)
+        ious += box_pick_ious(bundle.conditional.eval(), sample.image, proposals, boxes, objects)
+    return float(np.mean(ious))
+
+
+def test_the_warm_start_phase_trains_the_conditional_network(cache_dir, tmp_path):
+    # The trainer's box warm start (30 steps on six images) against the same run with no warm
+    # start epoch, which saves the untrained networks: the picks come closer to the objects.
+    # Over five data and training seeds the mean IoU rose by 0.11 to 0.25 (here 0.73 -> 0.93).
+    root = tmp_path / "data"
+    train_json, _ = generate_dataset(root, n=6, size=64, seed=0, val_fraction=0)
+    conditional = ConditionalConfig(trunk_widths=(8, 16), descriptor_size=32, border_prior_weight=0)
+    config = dataclasses.replace(
+        TINY, supervision="boxes", warm_start_epochs=10, image_size=64, lr_conditional=3e-3
+    )
+    ious = {}
+    for epochs in (0, config.warm_start_epochs):
+        out = tmp_path / f"warm-{epochs}.pt"
+        train(
+            dataclasses.replace(config, warm_start_epochs=epochs),
+            annotations=train_json,
+            images=root,
+            out=out,
+            cache_dir=cache_dir,
+            conditional_config=conditional,
+            progress=False,
+        )
+        ious[epochs] = mean_box_pick_iou(load_bundle(out), CocoDataset(train_json, root, "boxes"))
+    untrained, trained = ious.values()
+    assert trained >= untrained + 0.06, f"box picks' IoU {untrained:.3f} -> {trained:.3f}"
