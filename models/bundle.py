@@ -20,11 +20,11 @@ from models.atomic import atomic_write
 from models.conditional import ConditionalConfig, ConditionalNet
 from models.images import as_image_tensor, fit_image
 from models.prediction import (
-    PRESETS,
     ProposalMaskRCNN,
     build_prediction_net,
     detected_instances,
 )
+from models.presets import PRESETS
 from models.proposals import ProposalSettings, propose
 from models.regions import describe_regions
 from models.structures import InstanceSet
@@ -69,7 +69,7 @@ class ModelBundle:
     @property
     def working_size(self) -> int:
         """The longest image side the networks work at; larger images are downscaled."""
-        return PRESETS[self.preset].max_size
+        return PRESETS[self.preset].working_size
 
     def to(self, device: torch.device | str) -> "ModelBundle":
         self.prediction.to(device)

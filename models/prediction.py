@@ -30,65 +30,10 @@ from torchvision.ops import MultiScaleRoIAlign
 
 from models.backbones import resnet_body
 from models.descriptors import DESCRIPTOR_SIZE
+from models.presets import PRESETS
 from models.pretrained import coco_state_dict, load_coco_weights
 from models.regions import SHAPE_SIZE, RegionProposals
 from models.structures import InstanceSet
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictionPreset:
-    """Size of the network. `paper` keeps torchvision's Mask R-CNN defaults, so that its COCO
-    weights load (`models.pretrained`)."""
-
-    backbone: str  # a torchvision ResNet builder name: "resnet18", "resnet50", ...
-    fpn_channels: int
-    min_size: int
-    max_size: int
-    box_representation: int  # width of the TwoMLPHead
-    region_representation: int  # width of the RegionHead
-    mask_head_layers: tuple[int, ...]  # channels of the mask head's 3x3 convs
-    mask_predictor_channels: int
-    detections_per_img: int
-
-
-PRESETS: dict[str, PredictionPreset] = {
-    # the paper's network: ResNet-50-FPN with torchvision's defaults
-    "paper": PredictionPreset(
-        backbone="resnet50",
-        fpn_channels=256,
-        min_size=800,
-        max_size=1333,
-        box_representation=1024,
-        region_representation=256,
-        mask_head_layers=(256, 256, 256, 256),
-        mask_predictor_channels=256,
-        detections_per_img=100,
-    ),
-    # ResNet-18-FPN at half the input resolution, for a single modest GPU
-    "small": PredictionPreset(
-        backbone="resnet18",
-        fpn_channels=256,
-        min_size=512,
-        max_size=853,
-        box_representation=1024,
-        region_representation=256,
-        mask_head_layers=(256, 256, 256, 256),
-        mask_predictor_channels=256,
-        detections_per_img=100,
-    ),
-    # trains in minutes on a CPU on 256 px images
-    "tiny": PredictionPreset(
-        backbone="resnet18",
-        fpn_channels=64,
-        min_size=256,
-        max_size=256,
-        box_representation=256,
-        region_representation=256,
-        mask_head_layers=(64, 64),
-        mask_predictor_channels=64,
-        detections_per_img=30,
-    ),
-}
 
 
 @dataclasses.dataclass
@@ -430,7 +375,7 @@ def build_prediction_net(
         ),
     )
     transform = GeneralizedRCNNTransform(
-        p.min_size, p.max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
+        p.min_sizes, p.max_size, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225]
     )
     model = ProposalMaskRCNN(
         backbone,

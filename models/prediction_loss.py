@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 Target = dict[str, Tensor]
 
-FOREGROUND_IOU = 0.5
+FOREGROUND_IOU = 0.7
 BACKGROUND_IOU = 0.3
 IGNORE = -1
 

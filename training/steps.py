@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import torch
 from torch import Tensor
+from torchvision.transforms import ColorJitter
 
 from models.annotations import TagAnnotation
 from models.bundle import ModelBundle
@@ -27,6 +28,8 @@ from models.warm_start import (
 )
 from training.config import TrainConfig
 from training.items import TrainingItem
+
+_COLOUR_JITTER = ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.02)
 
 StepLoss = Callable[[list[TrainingItem], ModelBundle, TrainConfig, torch.device], dict[str, Tensor]]
 
@@ -120,14 +123,16 @@ def prediction_loss(
     device: torch.device,
 ) -> dict[str, Tensor]:
     """The prediction network's loss against K targets per item, each image mirrored with
-    probability 1/2 (the one augmentation that needs no new proposals)."""
+    probability 1/2 (its proposals mirror exactly) and its colours jittered for the backbone
+    (the proposals' descriptors keep the image's own); the backbone's input scale varies too
+    (the preset's min_sizes)."""
     images, proposals, mirrored = [], [], []
     for item, item_targets in zip(batch, targets, strict=True):
         image, regions = item.tensor, item.region_proposals()
         if bool(torch.rand(()) < 0.5):
             image, regions = image.flip(-1), regions.hflip()
             item_targets = [hflip_target(t) for t in item_targets]
-        images.append(image.to(device))
+        images.append(_COLOUR_JITTER(image).to(device))
         proposals.append(regions.to(device))
         mirrored.append([{key: value.to(device) for key, value in t.items()} for t in item_targets])
     return pseudo_target_loss(prediction, images, proposals, mirrored, gamma=gamma)

@@ -6,7 +6,14 @@ from typing import Annotated
 
 import typer
 
-from training.config import SCHEDULES, UNCLAIMED_CHOICES, TrainConfig
+from models.presets import PRESETS
+from training.config import (
+    LR_PREDICTION_FROM_SCRATCH,
+    LR_PREDICTION_PRETRAINED,
+    SCHEDULES,
+    UNCLAIMED_CHOICES,
+    TrainConfig,
+)
 from training.data.dataset import SUPERVISION_MODES
 from training.errors import check_choice, fail, user_errors
 
@@ -173,10 +180,12 @@ def train_command(
         float,
         typer.Option(
             "--lr-prediction",
-            help="AdamW learning rate of the prediction network (Mask R-CNN).",
+            help="AdamW learning rate of the prediction network (Mask R-CNN). Default: "
+            f"{LR_PREDICTION_FROM_SCRATCH:g} from scratch, {LR_PREDICTION_PRETRAINED:g} with "
+            "--init or --backbone-weights.",
             rich_help_panel=_OPTIMISATION,
         ),
-    ] = DEFAULTS.lr_prediction,
+    ] = None,
     batch_size: Annotated[
         int,
         typer.Option(
@@ -194,13 +203,16 @@ def train_command(
         ),
     ] = DEFAULTS.seed,
     image_size: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--image-size",
-            help="Images are downscaled so the longer side is at most this (never upscaled).",
+            help="Images are downscaled so the longer side is at most this (never upscaled). "
+            "Default: the preset's working size, the one it serves at ("
+            + ", ".join(f"{name} {p.working_size}" for name, p in PRESETS.items())
+            + ").",
             rich_help_panel=_DATA,
         ),
-    ] = DEFAULTS.image_size,
+    ] = None,
     max_proposals: Annotated[
         int,
         typer.Option(
@@ -307,7 +319,6 @@ def train_command(
     # Imported here so that `--help` and option errors do not pay for torch.
     from models.conditional import ConditionalConfig
     from models.inference import InferenceConfig
-    from models.prediction import PRESETS
     from training.run import train
     from training.trainer import log_path, state_path
 

@@ -127,7 +127,7 @@ class Trainer:
         objective = sum(v for k, v in terms.items() if k.startswith("loss_"))
         if not torch.isfinite(objective):
             raise FloatingPointError(
-                f"non-finite loss: { {k: float(v) for k, v in terms.items()} }"
+                f"non-finite loss: { {k: float(v.detach()) for k, v in terms.items()} }"
             )
         trained = TRAINED_NETWORK[phase.name]
         optimizer = self.optimizers[trained]

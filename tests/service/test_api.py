@@ -25,7 +25,11 @@ def test_models_names_the_bundle(client) -> None:
     assert body["classes"] == CLASSES
     assert body["preset"] == "tiny"
     assert body["device"] == "cpu"
-    assert body["metadata"] == {"trained": False, "purpose": "tests"}
+    assert body["metadata"] == {
+        "trained": False,
+        "purpose": "tests",
+        "initialisation": {"backbone_weights": None, "coco_weights": None},
+    }
     assert body["proposal_settings"]["max_proposals"] == 40
 
 

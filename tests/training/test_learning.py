@@ -23,10 +23,9 @@ SIZE = 96
 SUPERVISED = TrainConfig(
     supervision="masks",
     rounds=0,
-    final_p_epochs=10,
+    final_p_epochs=20,
     batch_size=2,
     image_size=SIZE,
-    lr_prediction=1e-3,
     device="cpu",
 )
 

@@ -10,7 +10,7 @@ import training.trainer as trainer_module
 from models.annotations import BoxAnnotation
 from models.bundle import load_bundle
 from models.conditional import ConditionalConfig
-from models.prediction import PRESETS
+from models.presets import PRESETS
 from models.proposals import propose
 from tests.models.cases import box_pick_ious
 from training.config import SCHEDULES, TrainConfig
@@ -41,7 +41,7 @@ def test_schedule_defaults_come_from_the_preset_and_explicit_settings_win():
         assert TrainConfig(preset=preset).schedule == preset_schedule
     tiny, paper = SCHEDULES["tiny"], SCHEDULES["paper"]
     assert tiny.prediction_epochs < paper.prediction_epochs
-    assert paper.prediction_epochs == 2 * 2 + 3
+    assert paper.prediction_epochs == 2 * 4 + 8
     config = TrainConfig(preset="tiny", rounds=0, final_p_epochs=5)
     assert (config.rounds, config.final_p_epochs) == (0, 5)
     assert config.warm_start_epochs == tiny.warm_start_epochs
