@@ -1,41 +1,31 @@
-"""Train and evaluate every configuration of the results table through the CLI.
+"""Train and evaluate the configurations of the results table through the CLI.
 
-For each run: `discoseg train` on the synthetic train split, then `discoseg evaluate --model` on
-the val split. Prints one JSON object per run as it finishes, and at the end the markdown table
-(mAP_r at IoU 0.25 / 0.5 / 0.75, ABO, training seconds). With `--parallel N`, N runs train at
-once with one torch thread each (on 2 cores, two runs of one thread finish sooner than two runs
-of two threads one after the other); their training seconds then count one thread each.
+For each run and training seed: `discoseg train` on the train split of a `discoseg make-data`
+family, then `discoseg evaluate --model` on its val split. Prints one JSON object per run as it
+finishes, and at the end the markdown table: mAP_r at IoU 0.25 / 0.5 / 0.75 and ABO as means
+over the seeds (the spread of mAP_r@0.5 beside it), training seconds, and the share of C-step
+steps whose sample y_p of the prediction network was not empty. With `--parallel N`, N runs
+train at once with one torch thread each; their training seconds then count one thread each.
 
-Every run uses the `tiny` network. The schedule is the table's (`TABLE_SCHEDULE`, 7 Mask R-CNN
-epochs), or with `--preset-schedule` the tiny preset's shorter default.
+Every run uses the `tiny` network and its default schedule.
 """
 
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict
 from pathlib import Path
 
-from training.config import SCHEDULES, Schedule
-
-# The schedule of every table since stop 8, the small and paper presets' default.
-TABLE_SCHEDULE = SCHEDULES["small"]
+from training.config import SCHEDULES
 
 
-def schedule_options(schedule: Schedule) -> list[str]:
-    options = []
-    for name, value in asdict(schedule).items():
-        options += ["--" + name.replace("_", "-"), str(value)]
-    return options
-
-
-def runs(schedule: Schedule) -> dict[str, list[str]]:
-    """The table's rows: their `discoseg train` options after the schedule's."""
+def runs() -> dict[str, list[str]]:
+    """The table's rows: their `discoseg train` options."""
     # The baseline's Mask R-CNN trains as long as DISCO's: all of its P-step epochs in one phase.
-    p_epochs = str(schedule.prediction_epochs)
+    p_epochs = str(SCHEDULES["tiny"].prediction_epochs)
     best_proposal = ["--supervision", "tags", "--rounds", "0", "--final-p-epochs", p_epochs]
     best_proposal += ["--k", "1", "--gamma", "1"]
     return {
@@ -74,11 +64,21 @@ def discoseg(*args: str, env: dict[str, str] | None = None) -> None:
     subprocess.run(["discoseg", *args], check=True, env=env)
 
 
+def c_step_y_p_share(log: Path) -> float | None:
+    """The share of C-step steps (a training log) whose y_p was not empty; None without any."""
+    shares = [
+        record["terms"]["y_p_nonempty"]
+        for record in map(json.loads, log.read_text().splitlines())
+        if record.get("event") == "step" and record.get("phase") == "c_step"
+    ]
+    return statistics.mean(shares) if shares else None
+
+
 def train_and_evaluate(
-    index: int, name: str, options: list[str], args: argparse.Namespace, env: dict[str, str]
+    index: int, name: str, options: list[str], seed: int, args: argparse.Namespace, env: dict
 ) -> dict:
     data = args.out / "data"
-    bundle = args.out / f"run{index}.pt"
+    bundle = args.out / f"run{index}-seed{seed}.pt"
     start = time.perf_counter()
     discoseg(
         "train",
@@ -93,13 +93,14 @@ def train_and_evaluate(
         "--cache-dir",
         str(args.out / "proposals"),
         "--no-progress",
-        *args.schedule_options,
+        "--seed",
+        str(seed),
         *options,
         *args.train_args.split(),
         env=env,
     )
     seconds = time.perf_counter() - start
-    metrics_file = args.out / f"run{index}.metrics.json"
+    metrics_file = bundle.with_suffix(".metrics.json")
     discoseg(
         "evaluate",
         "--data",
@@ -113,42 +114,56 @@ def train_and_evaluate(
         env=env,
     )
     metrics = json.loads(metrics_file.read_text())
-    row = {"run": name, "options": " ".join(options), "train_s": round(seconds, 1)}
+    row = {"run": name, "options": " ".join(options), "seed": seed, "train_s": round(seconds, 1)}
+    row["c_step_y_p_share"] = c_step_y_p_share(Path(f"{bundle}.log.jsonl"))
     row |= {k: round(metrics[k], 4) for k in ("mAP_r@0.25", "mAP_r@0.5", "mAP_r@0.75", "ABO")}
     print(json.dumps(row), flush=True)
     return row
 
 
+def summary(name: str, rows: list[dict]) -> str:
+    """One markdown row: the means over a run's seeds."""
+
+    def mean(key: str) -> float:
+        return statistics.mean(r[key] for r in rows)
+
+    spread = max(r["mAP_r@0.5"] for r in rows) - min(r["mAP_r@0.5"] for r in rows)
+    shares = [r["c_step_y_p_share"] for r in rows if r["c_step_y_p_share"] is not None]
+    share = f"{statistics.mean(shares):.2f}" if shares else "-"
+    return (
+        f"| {name} | `{rows[0]['options']}` | {mean('mAP_r@0.25'):.3f} | {mean('mAP_r@0.5'):.3f} "
+        f"± {spread / 2:.3f} | {mean('mAP_r@0.75'):.3f} | {mean('ABO'):.3f} "
+        f"| {mean('train_s'):.0f} | {share} |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/results"))
-    parser.add_argument("--n", type=int, default=500)
+    parser.add_argument("--family", choices=("shapes", "photos"), default="shapes")
+    parser.add_argument("--n", type=int, default=125)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--data-seed", type=int, default=7)
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per run: 0..N-1")
     parser.add_argument("--only", nargs="*", help="run names (substrings) to run")
     parser.add_argument("--train-args", default="", help="extra `discoseg train` options")
     parser.add_argument("--parallel", type=int, default=1, help="runs training at once")
-    parser.add_argument(
-        "--preset-schedule",
-        action="store_true",
-        help="the tiny preset's default schedule instead of the table's",
-    )
     args = parser.parse_args()
-    schedule = SCHEDULES["tiny"] if args.preset_schedule else TABLE_SCHEDULE
-    args.schedule_options = schedule_options(schedule)
 
     data = args.out / "data"
     if not (data / "val.json").is_file():
         discoseg(
             "make-data",
             str(data),
+            "--family",
+            args.family,
             "--n",
             str(args.n),
             "--size",
             str(args.size),
             "--seed",
-            str(args.seed),
+            str(args.data_seed),
             "--val-fraction",
             str(args.val_fraction),
         )
@@ -157,19 +172,18 @@ def main() -> None:
         # passive OpenMP threads: spinning ones take the cores from the other runs
         env |= {"OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     selected = [
-        (index, name, options)
-        for index, (name, options) in enumerate(runs(schedule).items())
+        (index, name, options, seed)
+        for index, (name, options) in enumerate(runs().items())
         if not args.only or any(part in name for part in args.only)
+        for seed in range(args.seeds)
     ]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         rows = list(pool.map(lambda run: train_and_evaluate(*run, args, env), selected))
-    print("| model | options | mAP_r 0.25 | 0.5 | 0.75 | ABO | train s |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(
-            f"| {r['run']} | `{r['options']}` | {r['mAP_r@0.25']:.3f} | {r['mAP_r@0.5']:.3f} "
-            f"| {r['mAP_r@0.75']:.3f} | {r['ABO']:.3f} | {r['train_s']:.0f} |"
-        )
+    print(f"{args.family}: {args.n} images, {args.seeds} training seeds")
+    print("| model | options | mAP_r 0.25 | 0.5 | 0.75 | ABO | train s | C-step y_p non-empty |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name in dict.fromkeys(r["run"] for r in rows):
+        print(summary(name, [r for r in rows if r["run"] == name]))
 
 
 if __name__ == "__main__":

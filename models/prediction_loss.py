@@ -33,7 +33,10 @@ if TYPE_CHECKING:
 
 Target = dict[str, Tensor]
 
-FOREGROUND_IOU = 0.7
+# A proposal is an instance's positive at mask IoU >= 0.8: a filled disc over a ring (IoU 0.64 to
+# 0.8 with it) is then no ring. Fully supervised on 100 synthetic images, mAP_r@0.5 rose from
+# 0.73 to 0.78 (all detections ranked) against 0.7.
+FOREGROUND_IOU = 0.8
 BACKGROUND_IOU = 0.3
 IGNORE = -1
 
