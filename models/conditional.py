@@ -51,7 +51,7 @@ class ConditionalConfig:
     pool_stride: int = 4
     noise_grid: int = 8
     # At 1 the trained network's noise moved no pick given tags; at 30 the K samples differ and
-    # DISCO from tags trained better over four seeds (bench/results.md, stop 18).
+    # DISCO from tags trained better over four seeds (docs/results.md).
     noise_amplitude: float = 30.0
     descriptor_size: int = 64
     objectness_weight: float = 5.0

@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 import anyio
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
+from fastapi_offline import FastAPIOffline
 
 from service.api.deps import api_key_scheme
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
@@ -71,7 +72,9 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
             app.state.jobs = backend
             yield
 
-    app = FastAPI(
+    # FastAPIOffline serves Swagger UI (/docs) and ReDoc (/redoc) from files in its package
+    # (under /static-offline-docs), not from a CDN: the docs work on a machine without internet.
+    app = FastAPIOffline(
         title="discoseg",
         summary="Weakly supervised instance segmentation: segment images, or sample instance "
         "masks consistent with given tags or boxes (pseudo labels).",

@@ -143,7 +143,7 @@ class TrainConfig:
     @property
     def border_prior_weight(self) -> float:
         """The conditional network's boundary-prior weight (models.conditional): off given
-        boxes, where it cost the box DISCO row 0.08 mAP_r at IoU 0.5 (bench/results.md)."""
+        boxes, where it cost the box DISCO row 0.08 mAP_r at IoU 0.5 (docs/results.md)."""
         return 0.0 if self.supervision == "boxes" else 1.0
 
     @property

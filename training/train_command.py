@@ -237,7 +237,7 @@ def train_command(
             "--max-instances-per-tag",
             help="Tags: the most instances of one tagged class in a conditional sample (0: as "
             "many as have a positive margin). Extra ones are mostly background on the synthetic "
-            "data (bench/results.md).",
+            "data (docs/results.md).",
             rich_help_panel=_TRAINING,
         ),
     ] = 1,
