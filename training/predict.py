@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from models.bundle import ModelBundle
 from models.thresholds import SCORE_THRESHOLD
-from training.data.coco import encode_mask
+from training.data.coco import coco_mask_fields
 from training.data.dataset import load_rgb
 
 
@@ -113,7 +113,7 @@ def coco_results(
             instances.masks.numpy(), instances.labels.tolist(), instances.scores.tolist(),
             strict=True,
         ):
-            fields = encode_mask(mask)
+            fields = coco_mask_fields(mask)
             results.append({
                 "image_id": image_id,
                 "category_id": category_ids[label - 1],

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_utils
 
+from models.rle import encode_mask
 from tests.service.conftest import API_KEY, CLASSES, IMAGE_SIZE, encode, scene_image, upload
 
 
@@ -71,8 +72,7 @@ def test_a_label_fixes_the_class_and_a_seed_the_answer(client) -> None:
 def test_a_negative_click_on_the_current_mask_cuts_it(client) -> None:
     current = np.zeros((IMAGE_SIZE, IMAGE_SIZE), dtype=np.uint8)
     current[20:60, 20:60] = 1
-    rle = mask_utils.encode(np.asfortranarray(current))
-    mask = json.dumps({"size": rle["size"], "counts": rle["counts"].decode()})
+    mask = json.dumps(encode_mask(current))
     response = _post(
         client, 6, positive=[[25, 25]], negative=[[50, 50]], mask=mask, k="32", seed="0"
     )

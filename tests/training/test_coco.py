@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.data.coco import CocoDataset, decode_segmentation, encode_mask
+from training.data.coco import CocoDataset, coco_mask_fields, decode_segmentation
 from training.data.synthetic import CLASSES, generate_dataset, render_scene
 
 
@@ -130,7 +130,7 @@ def test_a_clean_dataset_logs_nothing(synthetic, caplog):
 def test_segmentation_formats_decode_to_the_same_mask():
     mask = np.zeros((12, 9), bool)
     mask[3:8, 2:6] = True
-    compressed = encode_mask(mask)["segmentation"]
+    compressed = coco_mask_fields(mask)["segmentation"]
     assert isinstance(compressed["counts"], str)
     # column-major runs: 2 empty columns + 3 rows, then 4 columns of 5 ones and 7 zeros
     uncompressed = {"size": [12, 9], "counts": [27, 5, 7, 5, 7, 5, 7, 5, 40]}
@@ -143,10 +143,10 @@ def test_segmentation_formats_decode_to_the_same_mask():
         decode_segmentation("nonsense", 12, 9)
 
 
-def test_encode_mask_area_and_bbox():
+def test_coco_mask_fields_area_and_bbox():
     mask = np.zeros((10, 10), bool)
     mask[1:4, 5:9] = True
-    fields = encode_mask(mask)
+    fields = coco_mask_fields(mask)
     assert fields["area"] == 12
     assert fields["bbox"] == [5, 1, 4, 3]
 

@@ -4,9 +4,9 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Form, Response
-from pycocotools import mask as mask_utils
 
 from models.refinement import PointPrompt
+from models.rle import decode_mask
 from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.api.routes.segment import ERRORS, MODEL_HEADER
 from service.errors import ApiError
@@ -34,7 +34,7 @@ def _current_mask(text: str, image_size: tuple[int, int]) -> np.ndarray:
             422, f"mask size {rle.size} differs from the image's [height, width] "
             f"{list(image_size)}"
         )
-    return mask_utils.decode({"size": rle.size, "counts": rle.counts.encode()}).astype(bool)
+    return decode_mask(rle.model_dump())
 
 
 @router.post("/refine", response_model=RefineResponse, responses=ERRORS)
