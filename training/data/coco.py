@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
 from models.rle import decode_mask, encode_mask, rle_area, rle_box
@@ -27,6 +26,7 @@ from training.data.dataset import (
     SkipReport,
     Supervision,
     check_supervision,
+    verified_size,
 )
 
 _REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -81,9 +81,7 @@ def _check_image(path: Path, width: int, height: int) -> str | None:
     if not path.is_file():
         return "missing_image"
     try:
-        with Image.open(path) as image:
-            size = image.size
-            image.verify()
+        size = verified_size(path)
     except Exception:  # PIL raises many types for a broken file; all mean "unreadable"
         return "unreadable_image"
     return None if size == (width, height) else "image_size_mismatch"
