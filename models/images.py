@@ -1,28 +1,9 @@
-"""Images as the networks take them: upright, float tensors, at a bounded working resolution."""
+"""Images as the networks take them: float tensors, at a bounded working resolution."""
 
 import cv2
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps
 from torch import Tensor
-
-# EXIF orientations that turn the image by a quarter (with or without a flip): width and
-# height trade places.
-_QUARTER_TURNS = (5, 6, 7, 8)
-
-
-def upright(image: Image.Image) -> Image.Image:
-    """The image turned as its EXIF orientation says, as viewers and annotation tools show it
-    and as annotations refer to it (the stored pixels are often a camera's sideways view)."""
-    return ImageOps.exif_transpose(image)
-
-
-def upright_size(image: Image.Image) -> tuple[int, int]:
-    """(width, height) of `upright(image)`. Reads the EXIF of a JPEG from its header; a PNG
-    may be decoded to find its EXIF, after which `image.verify()` is no longer possible."""
-    width, height = image.size
-    orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    return (height, width) if orientation in _QUARTER_TURNS else (width, height)
 
 
 def as_image_tensor(image: np.ndarray | Tensor) -> Tensor:

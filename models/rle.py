@@ -10,15 +10,13 @@ from typing import Any
 
 import numpy as np
 from pycocotools import mask as mask_utils
-from torch import Tensor
 
 RLE = dict[str, Any]
 """{"size": [height, width], "counts": str | bytes | list[int]}, runs in column-major order."""
 
 
-def encode_masks(masks: np.ndarray | Tensor) -> list[RLE]:
+def encode_masks(masks: np.ndarray) -> list[RLE]:
     """The RLEs of bool[N, H, W] masks, counts as str."""
-    masks = np.asarray(masks.cpu() if isinstance(masks, Tensor) else masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must have shape (N, H, W), got {masks.shape}")
     if len(masks) == 0:
@@ -30,7 +28,7 @@ def encode_masks(masks: np.ndarray | Tensor) -> list[RLE]:
     ]
 
 
-def encode_mask(mask: np.ndarray | Tensor) -> RLE:
+def encode_mask(mask: np.ndarray) -> RLE:
     """The RLE of a bool[H, W] mask, counts as str."""
     if mask.ndim != 2:
         raise ValueError(f"a mask array must be 2-D (height, width), got shape {mask.shape}")

@@ -14,7 +14,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from models.images import upright
+from models.orientation import upright
 
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF")
 MIN_SIDE = 16

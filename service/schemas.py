@@ -406,8 +406,8 @@ def encode_instances(instances: InstanceSet, classes: list[str]) -> list[Instanc
     """Response instances of an InstanceSet (class ids 1..C name `classes`); each bbox is the
     tight box of its mask."""
     rows = zip(
-        encode_masks(instances.masks), instances.labels.tolist(), instances.scores.tolist(),
-        instances.boxes.tolist(), strict=True,
+        encode_masks(instances.masks.cpu().numpy()), instances.labels.tolist(),
+        instances.scores.tolist(), instances.boxes.tolist(), strict=True,
     )
     return [
         Instance(

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image
 
-from models.images import upright, upright_size
+from models.orientation import upright, upright_size
 
 Supervision = Literal["tags", "boxes", "masks"]
 SUPERVISION_MODES: tuple[str, ...] = get_args(Supervision)
@@ -123,7 +123,7 @@ class SkipReport:
 
 
 def verified_size(path: Path) -> tuple[int, int]:
-    """(width, height) of an image file, upright (`models.images.upright_size`), once PIL has
+    """(width, height) of an image file, upright (`models.orientation.upright_size`), once PIL has
     checked the file; a broken file raises (PIL raises many types)."""
     with Image.open(path) as image:
         image.verify()
@@ -132,7 +132,7 @@ def verified_size(path: Path) -> tuple[int, int]:
 
 
 def load_rgb(path: Path) -> np.ndarray:
-    """uint8[H, W, 3] RGB pixels of an image file, upright (`models.images.upright`)."""
+    """uint8[H, W, 3] RGB pixels of an image file, upright (`models.orientation.upright`)."""
     with Image.open(path) as image:
         return np.asarray(upright(image).convert("RGB"))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from models.images import upright_size
+from models.orientation import upright_size
 from training.formats.labels import ImageLabels, Instance, LabelSet, ordered_classes
 
 TAG_COLUMNS = ("file", "tags")

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image
 
-from models.images import upright, upright_size
+from models.orientation import upright, upright_size
 
 
 @pytest.mark.parametrize("suffix", [".jpg", ".png"])
