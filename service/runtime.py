@@ -32,6 +32,7 @@ import torch
 from models.annotations import Annotation, BoxAnnotation, boxes_from_records, tags_from_names
 from models.bundle import ModelBundle, file_digest, load_bundle
 from models.delta import delta_matrix
+from models.devices import resolve_device
 from models.proposals import propose
 from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
@@ -40,10 +41,6 @@ from service.core.config import Settings
 from service.metrics import Metrics
 
 T = TypeVar("T")
-
-
-class DeviceError(RuntimeError):
-    """The configured device cannot be used on this machine."""
 
 
 class Overloaded(RuntimeError):
@@ -101,22 +98,6 @@ class CallEstimates:
 
 class InconsistentHints(ValueError):
     """No segmentation consistent with the given tags or boxes exists among the proposals."""
-
-
-def resolve_device(requested: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU; `cuda` without CUDA raises DeviceError."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested not in ("auto", "cuda"):
-        raise DeviceError(f"unknown device {requested!r}; use auto, cpu or cuda")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        raise DeviceError(
-            "DISCOSEG_DEVICE=cuda but torch sees no CUDA device on this machine; "
-            "set DISCOSEG_DEVICE=auto or cpu"
-        )
-    return torch.device("cpu")
 
 
 def model_version(path: Path) -> str:
@@ -190,7 +171,7 @@ class ModelRuntime:
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> "ModelRuntime":
         """Load the bundle of `settings.model_path` onto `settings.device` and warm it up.
 
-        Raises DeviceError, FileNotFoundError or models.bundle.BundleError.
+        Raises models.devices.DeviceError, FileNotFoundError or models.bundle.BundleError.
         """
         device = resolve_device(settings.device)
         bundle = load_bundle(settings.model_path, map_location=device)

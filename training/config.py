@@ -2,6 +2,7 @@
 
 from dataclasses import asdict, dataclass, fields
 
+from models.devices import DEVICES
 from models.presets import PRESETS
 from training.data.dataset import Supervision
 
@@ -130,7 +131,7 @@ class TrainConfig:
             "batch_size must be at least 1": self.batch_size >= 1,
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,
-            "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
+            "device must be auto, cpu or cuda": self.device in DEVICES,
             "give backbone weights or COCO weights, not both": self.backbone_weights is None
             or self.coco_weights is None,
             "baseline must be box-mask or grabcut, with boxes supervision": self.baseline is None

@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from models.devices import DEVICES
 from models.thresholds import SCORE_THRESHOLD
-from training.errors import DEVICES, check_choice, fail, user_errors
+from training.errors import check_choice, fail, user_errors
 
 ScoreThreshold = Annotated[
     float,
@@ -16,7 +17,7 @@ ScoreThreshold = Annotated[
     ),
 ]
 Device = Annotated[
-    str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the model runs.")
+    str, typer.Option("--device", metavar="|".join(DEVICES), help="Where the model runs.")
 ]
 Progress = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -54,7 +55,7 @@ def predict(
     check_score_threshold(score_threshold)
     check_choice("--device", device, DEVICES)
     from models.bundle import load_bundle
-    from training.distributed import resolve_device
+    from models.devices import resolve_device
     from training.predict import CocoIndex, coco_results
 
     with user_errors():

@@ -12,11 +12,12 @@ from tqdm import tqdm
 
 from models.bundle import build_bundle, load_bundle
 from models.conditional import ConditionalConfig
+from models.devices import resolve_device
 from models.proposals import ProposalSettings
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.dataset import Sample
-from training.distributed import Rank, init_distributed, resolve_device, shard_indices
+from training.distributed import Rank, init_distributed, local_rank, shard_indices
 from training.items import TrainingItem, prepare_item
 from training.proposal_cache import ProposalCache
 from training.trainer import Trainer, state_path
@@ -84,7 +85,7 @@ def train(
     """Train both networks (or, under masks supervision, the prediction network alone) and
     write the bundle to `out`. Returns `out`."""
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, gpu=local_rank())
     rank = init_distributed(device)
     dataset = CocoDataset(annotations, images, config.supervision)
     if len(dataset) == 0:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 import typer
 
+from models.devices import DEVICES
 from models.presets import PRESETS
 from training.config import (
     LR_PREDICTION_FROM_SCRATCH,
@@ -286,7 +287,7 @@ def train_command(
         str,
         typer.Option(
             "--device",
-            metavar="auto|cpu|cuda",
+            metavar="|".join(DEVICES),
             help="auto: CUDA when present (each torchrun process takes its LOCAL_RANK GPU).",
             rich_help_panel=_RUN,
         ),

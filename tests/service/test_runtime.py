@@ -1,4 +1,4 @@
-"""The model runtime: device choice, model version, proposal cache."""
+"""The model runtime: model version, proposal cache."""
 
 import re
 
@@ -9,25 +9,11 @@ import torch
 from models.delta import delta_matrix
 from models.structures import InstanceSet
 from service.runtime import (
-    DeviceError,
     ProposalCache,
     diversity,
     model_version,
-    resolve_device,
 )
 from tests.service.conftest import scene_image
-
-
-def test_cpu_is_always_available_and_auto_follows_cuda() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
-def test_cuda_without_cuda_is_a_clear_error() -> None:
-    with pytest.raises(DeviceError, match="DISCOSEG_DEVICE=cuda"):
-        resolve_device("cuda")
 
 
 def test_model_version_is_stem_and_hash(bundle_path, tmp_path) -> None:
