@@ -47,7 +47,7 @@ def start_worker(settings: Settings, name: str, threads: int, log: Path) -> subp
            "DISCOSEG_JOB_STORE": str(settings.job_store), "DISCOSEG_DEVICE": "cpu",
            "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "worker", "--name", f"{name}@%h",
+        [sys.executable, "-m", "service.cli", "worker", "--name", f"{name}@%h",
          "--loglevel", "warning"],
         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )
