@@ -14,7 +14,6 @@ so that asking for more samples of the same image costs no second proposal pass.
 
 import asyncio
 import hashlib
-import json
 import math
 import secrets
 import threading
@@ -33,7 +32,7 @@ from models.annotations import Annotation, BoxAnnotation, boxes_from_records, ta
 from models.bundle import ModelBundle, file_digest, load_bundle
 from models.delta import delta_matrix
 from models.devices import resolve_device
-from models.proposals import propose
+from models.proposals import proposal_key, propose
 from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
 from models.thresholds import SCORE_THRESHOLD
@@ -105,7 +104,7 @@ def model_version(path: Path) -> str:
     return f"{Path(path).stem}-{file_digest(path)}"
 
 
-class ProposalCache:
+class MemoryProposalCache:
     """LRU of proposal masks, bounded by entry count and by bytes (masks are stored bit-packed)."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
@@ -161,7 +160,7 @@ class ModelRuntime:
         self.device = device
         self.max_inflight = max_inflight
         self.metrics = metrics or Metrics()
-        self.proposal_cache = ProposalCache(proposal_cache_size, proposal_cache_bytes)
+        self.proposal_cache = MemoryProposalCache(proposal_cache_size, proposal_cache_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-model")
         self._inflight = 0
         self._lock = threading.Lock()
@@ -256,19 +255,14 @@ class ModelRuntime:
     def proposals(self, image: np.ndarray, boxes: np.ndarray | None = None) -> torch.Tensor:
         """BoolTensor[P, H, W] segment proposals (box-conditioned with boxes), cached."""
         settings = self.bundle.proposal_settings
-        key = hashlib.sha256()
-        key.update(repr(image.shape).encode())
-        key.update(np.ascontiguousarray(image).tobytes())
-        key.update(b"" if boxes is None else np.asarray(boxes, dtype=np.float64).tobytes())
-        key.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
-        digest = key.hexdigest()
-        cached = self.proposal_cache.get(digest)
+        key = proposal_key(image, boxes, settings)
+        cached = self.proposal_cache.get(key)
         self.metrics.proposal_cache.labels("miss" if cached is None else "hit").inc()
         if cached is not None:
             return cached
         with self.metrics.time_model("proposals"):
             masks = propose(image, boxes, settings=settings)
-        self.proposal_cache.put(digest, masks)
+        self.proposal_cache.put(key, masks)
         return masks
 
     def hints(

@@ -19,7 +19,7 @@ from training.data.coco import CocoDataset
 from training.data.dataset import Sample
 from training.distributed import Rank, init_distributed, local_rank, shard_indices
 from training.items import TrainingItem, prepare_item
-from training.proposal_cache import ProposalCache
+from training.proposal_cache import DiskProposalCache
 from training.trainer import Trainer, state_path
 
 logger = logging.getLogger(__name__)
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 def prepare_items(
     dataset: CocoDataset,
     indices: list[int],
-    cache: ProposalCache,
+    cache: DiskProposalCache,
     conditional_config: ConditionalConfig,
     image_size: int,
     progress: bool,
@@ -121,7 +121,7 @@ def train(
             metadata={"supervision": config.supervision, "train_images": len(dataset)},
         )
     bundle.to(device)
-    cache = ProposalCache(cache_dir or out.parent / ".proposals", settings)
+    cache = DiskProposalCache(cache_dir or out.parent / ".proposals", settings)
     shard = shard_indices(len(dataset), rank)
     items = prepare_items(
         dataset,

@@ -9,7 +9,7 @@ import torch
 from models.delta import delta_matrix
 from models.structures import InstanceSet
 from service.runtime import (
-    ProposalCache,
+    MemoryProposalCache,
     diversity,
     model_version,
 )
@@ -26,7 +26,7 @@ def test_model_version_is_stem_and_hash(bundle_path, tmp_path) -> None:
 
 def test_proposal_cache_is_a_bounded_lru() -> None:
     masks = [torch.from_numpy(np.random.default_rng(i).random((3, 9, 7)) > 0.5) for i in range(3)]
-    cache = ProposalCache(max_entries=2, max_bytes=10_000)
+    cache = MemoryProposalCache(max_entries=2, max_bytes=10_000)
     cache.put("a", masks[0])
     cache.put("b", masks[1])
     assert torch.equal(cache.get("a"), masks[0])  # "a" is now the most recent
@@ -34,7 +34,7 @@ def test_proposal_cache_is_a_bounded_lru() -> None:
     assert cache.get("b") is None
     assert torch.equal(cache.get("a"), masks[0])
     assert torch.equal(cache.get("c"), masks[2])
-    tiny = ProposalCache(max_entries=10, max_bytes=20)  # 3 * 9 * 7 bits = 24 bytes
+    tiny = MemoryProposalCache(max_entries=10, max_bytes=20)  # 3 * 9 * 7 bits = 24 bytes
     tiny.put("a", masks[0])
     assert len(tiny) == 0
 
