@@ -28,7 +28,7 @@ from models.conditional import ConditionalConfig
 from models.proposals import ProposalSettings
 from service.core.config import Settings
 from service.jobs.celery_backend import CeleryBackend
-from service.jobs.model import LabelOptions
+from service.jobs.record import LabelOptions
 from service.jobs.staging import StagingLimits, Upload, stage_uploads
 from training.data.synthetic import render_scene
 

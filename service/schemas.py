@@ -8,7 +8,7 @@ naming the field, which the API answers with a 422.
 """
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     AfterValidator,
@@ -83,6 +83,33 @@ class RefineResponse(BaseModel):
         "negative point and lies inside the box (when given); score: the probability of its "
         "class under the conditional network"
     )
+
+
+class Progress(BaseModel):
+    done: int = Field(description="images finished (labeled or failed)")
+    total: int
+
+
+class ImageFailure(BaseModel):
+    index: int = Field(description="position of the image in the job")
+    image_id: int
+    file_name: str
+    error: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    errors: list[ImageFailure] = Field(description="images that could not be labeled")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    fetched_at: float | None = Field(None, description="first download of the result")
+    expires_at: float | None = Field(
+        None, description="when the job and its result are deleted (unix time)"
+    )
+    result: str | None = Field(None, description="URL of the result, once the job finished")
 
 
 class LabelStudioHealth(BaseModel):

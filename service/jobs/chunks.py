@@ -17,7 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from service.imaging import decode_image
-from service.jobs.model import ImageItem, JobState, LabelOptions
+from service.jobs.record import ImageItem, JobState, LabelOptions
 from service.jobs.staging import image_path
 from service.jobs.state import JobBackendUnavailable, JobStates
 from service.jobs.store import ResultStore

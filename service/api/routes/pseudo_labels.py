@@ -4,8 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Response
 
-from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
-from service.api.routes.segment import ERRORS, MODEL_HEADER
+from service.api.deps import ERRORS, MODEL_HEADER, SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.runtime import diversity

@@ -7,8 +7,7 @@ from fastapi import APIRouter, Form, Response
 
 from models.refinement import PointPrompt
 from models.rle import decode_mask
-from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
-from service.api.routes.segment import ERRORS, MODEL_HEADER
+from service.api.deps import ERRORS, MODEL_HEADER, SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.schemas import (
