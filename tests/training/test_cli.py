@@ -17,6 +17,7 @@ from models.proposal_files import load_proposal_file
 from training.cli import app
 from training.config import TrainConfig
 from training.data.synthetic import CLASSES, generate_dataset
+from training.run import conditional_config_for
 from training.train_command import train_command
 from training.trainer import log_path, state_path
 
@@ -69,12 +70,19 @@ def test_train_options_are_the_train_config_fields_with_its_defaults():
     for name, parameter in parameters.items():
         option = parameter.annotation.__metadata__[0]
         assert option.help and len(option.help) > 10, f"--{name} is not explained"
-    default_limit = InferenceConfig().max_instances_per_tag
-    assert parameters["max_instances_per_tag"].default == default_limit
     help_text = ok("train", "--help").output
     assert "torchrun" in help_text
     for name in ("--warm-start-epochs", "--lr-prediction", "--backbone-weights", "--no-progress"):
         assert name in help_text
+
+
+def test_the_conditional_settings_derive_from_the_train_config():
+    assert conditional_config_for(TrainConfig()) == ConditionalConfig(), "tags: the defaults"
+    derived = conditional_config_for(
+        TrainConfig(supervision="boxes", noise_amplitude=3, max_instances_per_tag=0)
+    )
+    assert derived.border_prior_weight == 0 and derived.noise_amplitude == 3
+    assert derived.inference == InferenceConfig(max_instances_per_tag=None)
 
 
 def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, tmp_path):
@@ -220,10 +228,10 @@ ERRORS = {
                "--k", "0"], "k must be at least 1"),
     "bad instance limit": (["train", "--data", "{train}", "--images", "{root}",
                             "--out", "{tmp}/m.pt", "--max-instances-per-tag", "-1"],
-                           "--max-instances-per-tag"),
+                           "max_instances_per_tag must be 0 or more"),
     "bad noise amplitude": (["train", "--data", "{train}", "--images", "{root}",
                              "--out", "{tmp}/m.pt", "--noise-amplitude", "-1"],
-                            "--noise-amplitude must be 0 or more"),
+                            "noise_amplitude must be 0 or more"),
     "bad seed ratio": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
                         "--seed-ratio", "0"], "seed_ratio must be in (0, 1]"),
     "bad unclaimed": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
