@@ -21,7 +21,7 @@ from pathlib import Path
 
 from training.config import SCHEDULES, Schedule
 
-# The schedule of every table since stop 8, the small and paper presets' default.
+# The schedule of every table: the small and paper presets' default.
 TABLE_SCHEDULE = SCHEDULES["small"]
 
 
