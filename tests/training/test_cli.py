@@ -145,9 +145,10 @@ def test_predict_writes_coco_results_that_evaluate_accepts(data, model, tmp_path
     assert 0 <= metrics["ABO"] <= 1 and set(metrics["per_class"]) <= set(CLASSES)
 
 
-def test_predict_image_ids(data, model, tmp_path):
-    """1..n in argument order without --data; with it, a path ending in the file_name or,
-    failing that, the same base name."""
+def test_predict_image_ids_and_file_names(data, model, tmp_path):
+    """Without --data a COCO file of the images as given, ids 1..n in argument order, and the
+    model's classes; with it, results whose ids are those of the image whose file_name the path
+    ends with or, failing that, of the one with the same base name."""
     root, _, val_json = data
     elsewhere = tmp_path / "copies"
     elsewhere.mkdir()
@@ -159,9 +160,14 @@ def test_predict_image_ids(data, model, tmp_path):
        "--out", tmp_path / "matched.json", "--data", val_json, *common)
     plain = json.loads((tmp_path / "plain.json").read_text())
     matched = json.loads((tmp_path / "matched.json").read_text())
-    assert {r["image_id"] for r in plain} == {1, 2}
+    assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in plain["images"]] == [
+        (1, str(root / "images/000005.png"), SIZE, SIZE),
+        (2, str(root / "images/000004.png"), SIZE, SIZE),
+    ]
+    assert [c["name"] for c in plain["categories"]] == list(CLASSES)
+    assert {a["image_id"] for a in plain["annotations"]} == {1, 2}
     renumbered = [{**r, "image_id": {5: 1, 4: 2}[r["image_id"]]} for r in matched]
-    assert renumbered == plain
+    assert renumbered == [{key: a[key] for key in matched[0]} for a in plain["annotations"]]
 
 
 def test_evaluate_with_model_equals_evaluate_of_its_predictions(data, model, tmp_path):
