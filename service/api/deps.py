@@ -59,6 +59,13 @@ Model = Annotated[ModelRuntime, Depends(get_runtime)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
 
 
+def check_k(k: int, settings: Settings) -> None:
+    """A 422 when k exceeds DISCOSEG_MAX_K, worded as the validation of k's lower bound
+    (`Form(ge=1)`) words a k below 1."""
+    if k > settings.max_k:
+        raise ApiError(422, f"k: Input should be less than or equal to {settings.max_k}")
+
+
 def api_key_problem(settings: Settings, authorization: str | None) -> str | None:
     """None when a request with this `Authorization` header may pass: no DISCOSEG_API_KEYS,
     `Bearer <one of them>`, or Basic auth whose password is one of them (how Label Studio

@@ -430,7 +430,8 @@ def test_an_annotator_gets_and_accepts_pseudo_labels(
     page.fill("#k", "12")
     page.click("#suggest")
     page.wait_for("document.getElementById('error').checkVisibility()")
-    assert "k must be at most 8" in page.error() and "HTTP 422" in page.error()
+    assert "k: Input should be less than or equal to 8" in page.error()
+    assert "HTTP 422" in page.error()
     assert page.count(".thumb") == 0 and not page.visible("#result-bar")
 
     page.fill("#k", "6")

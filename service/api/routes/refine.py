@@ -7,7 +7,15 @@ from fastapi import APIRouter, Form, Response
 
 from models.refinement import PointPrompt
 from models.rle import decode_mask
-from service.api.deps import ERRORS, MODEL_HEADER, SEED_LIMIT, AppSettings, Model, UploadedImage
+from service.api.deps import (
+    ERRORS,
+    MODEL_HEADER,
+    SEED_LIMIT,
+    AppSettings,
+    Model,
+    UploadedImage,
+    check_k,
+)
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.schemas import (
@@ -69,8 +77,7 @@ async def refine(
     (at least one positive point or a box is needed). Scored by the conditional network."""
     # An empty form field counts as absent.
     label, mask = label or None, mask or None
-    if k > settings.max_k:
-        raise ApiError(422, f"k must be at most {settings.max_k}, got {k}")
+    check_k(k, settings)
     image_size = image.shape[:2]
     points_in = parse_json(PointHints, positive, "positive") if positive else []
     points_out = parse_json(PointHints, negative, "negative") if negative else []
