@@ -2,8 +2,6 @@ import dataclasses
 import inspect
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -282,16 +280,3 @@ def test_errors_are_one_line_and_exit_2(case, data, model, bad_files, tmp_path):
               "val": val_json, "model": model, "image": root / "images/000004.png"}
     result = runner.invoke(app, [a.format(**places) for a in args])
     assert_usage_error(result, fragment)
-
-
-def test_the_cli_loads_neither_celery_nor_the_web_stack():
-    """Training needs none of the service's packages until `serve` or `worker` runs."""
-    service_packages = ("celery", "kombu", "redis", "fastapi", "uvicorn", "pydantic_settings")
-    code = (
-        "import sys, training.cli; "
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({service_packages!r})))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert loaded.strip() == "[]"
