@@ -51,9 +51,9 @@ TRAINING, OPTIMISATION, DATA, RUN = "Training schedule", "Optimisation", "Data a
 
 
 def setting(default: Any, help: str, *, panel: str = TRAINING, **option: Any) -> Any:
-    """A TrainConfig field and its `discoseg train` option: `help` and `panel` for --help,
-    `option` for typer.Option (`flag` replaces --field-name; `metavar`; `choices`, checked
-    before the config is built)."""
+    """A TrainConfig field with what its `discoseg train` option needs (training.train_command):
+    `help` and `panel` for --help; in `option`, `flag` (instead of --field-name), `metavar`,
+    and `choices` (checked by the command before the config is built)."""
     return field(default=default, metadata={"help": help, "panel": panel, **option})
 
 
