@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from models.annotations import TagAnnotation
-from models.conditional import ConditionalNet, as_image_tensor, describe_proposals
+from models.conditional import ConditionalNet, describe_proposals
+from models.images import as_image_tensor
 from models.proposals import propose
 from training.data.synthetic import CLASSES, render_scene
 

@@ -14,10 +14,10 @@ import json
 import time
 
 import numpy as np
-from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from models.rle import encode_masks, rle_area, rle_box
 from training.evaluate import InstanceSegEvaluator, ScoredInstance
 
 SIZE = 256
@@ -54,10 +54,7 @@ def make_images(seed: int = 0) -> list[tuple[list[tuple[int, dict]], list[Scored
                 radius = rng.uniform(8, 40, size=2)
                 labels.append(int(rng.integers(NUM_CLASSES)))
             masks.append(random_shape(rng, center, radius))
-        stacked = np.asfortranarray(np.stack(masks, axis=-1).astype(np.uint8))  # (H, W, N)
-        rles = mask_utils.encode(stacked)
-        for rle in rles:
-            rle["counts"] = rle["counts"].decode("ascii")
+        rles = encode_masks(np.stack(masks))
         gt = list(zip(labels[:GT_PER_IMAGE], rles[:GT_PER_IMAGE], strict=True))
         scores = rng.random(PREDICTIONS_PER_IMAGE)
         predictions = [
@@ -85,8 +82,8 @@ def coco_inputs(images) -> tuple[COCO, list[dict]]:
                     "image_id": image_id,
                     "category_id": label,
                     "segmentation": rle,
-                    "area": float(mask_utils.area(rle)),
-                    "bbox": mask_utils.toBbox(rle).tolist(),
+                    "area": rle_area(rle),
+                    "bbox": rle_box(rle),
                     "iscrowd": 0,
                 }
             )

@@ -28,7 +28,7 @@ from models.conditional import ConditionalConfig
 from models.proposals import ProposalSettings
 from service.core.config import Settings
 from service.jobs.celery_backend import CeleryBackend
-from service.jobs.model import LabelOptions
+from service.jobs.record import LabelOptions
 from service.jobs.staging import StagingLimits, Upload, stage_uploads
 from training.data.synthetic import render_scene
 
@@ -47,7 +47,7 @@ def start_worker(settings: Settings, name: str, threads: int, log: Path) -> subp
            "DISCOSEG_JOB_STORE": str(settings.job_store), "DISCOSEG_DEVICE": "cpu",
            "OMP_NUM_THREADS": str(threads)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "worker", "--name", f"{name}@%h",
+        [sys.executable, "-m", "service.cli", "worker", "--name", f"{name}@%h",
          "--loglevel", "warning"],
         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )

@@ -19,7 +19,8 @@ import torch
 from training_images import argument_parser, open_inputs
 
 from models.annotations import TagAnnotation
-from models.conditional import as_image_tensor, describe_proposals
+from models.conditional import describe_proposals
+from models.images import as_image_tensor
 from training.evaluate import assist_quality
 
 

@@ -12,7 +12,7 @@ from models.bundle import ModelBundle, load_bundle
 from models.structures import InstanceSet
 from training.data.coco import CocoDataset
 from training.data.dataset import Instances, Sample, Supervision
-from training.proposal_cache import ProposalCache
+from training.proposal_cache import DiskProposalCache
 
 
 def argument_parser(description: str, limit: int, **extra: int) -> argparse.ArgumentParser:
@@ -36,14 +36,14 @@ def parse_args(description: str, limit: int, **extra: int) -> argparse.Namespace
 
 def open_inputs(
     args: argparse.Namespace, supervision: Supervision
-) -> tuple[ModelBundle, CocoDataset, ProposalCache]:
+) -> tuple[ModelBundle, CocoDataset, DiskProposalCache]:
     bundle = load_bundle(args.model)
     dataset = CocoDataset(args.data, args.images, supervision)
-    return bundle, dataset, ProposalCache(args.cache_dir, bundle.proposal_settings)
+    return bundle, dataset, DiskProposalCache(args.cache_dir, bundle.proposal_settings)
 
 
 def tag_picks(
-    bundle: ModelBundle, dataset: CocoDataset, cache: ProposalCache, limit: int
+    bundle: ModelBundle, dataset: CocoDataset, cache: DiskProposalCache, limit: int
 ) -> Iterator[tuple[Sample, Instances, TagAnnotation, torch.Tensor, InstanceSet]]:
     """For each of the first `limit` images: the sample, its ground truth, its tags, its
     proposals and the conditional network's pick given the tags (one sample, noise seed 0)."""

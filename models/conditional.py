@@ -4,7 +4,7 @@ A U-Net trunk runs once per image. For sample k a noise channel z_k joins the tr
 and a 1x1 conv + ReLU maps them to G_k; every proposal pools G_k by its area-normalised mask,
 all K samples in one matmul; the pooled features, concatenated with the proposal's own
 descriptors, are scored for C+1 classes by a small MLP (applied after pooling, where the
-seed's 1x1 conv to classes commutes with it) and refined by the boundary-aware pairwise term.
+paper's 1x1 conv to classes commutes with it) and refined by the boundary-aware pairwise term.
 Annotation-consistent inference turns each sample's scores into an instance segmentation.
 
 Three choices of ours, for cost and diversity on a CPU: the trunk runs on the image scaled by
@@ -51,7 +51,7 @@ class ConditionalConfig:
     pool_stride: int = 4
     noise_grid: int = 8
     # At 1 the trained network's noise moved no pick given tags; at 30 the K samples differ and
-    # DISCO from tags trained better over four seeds (docs/results.md).
+    # DISCO from tags trains better (docs/results.md).
     noise_amplitude: float = 30.0
     descriptor_size: int = 64
     objectness_weight: float = 5.0
@@ -72,7 +72,7 @@ class ConditionalConfig:
         values = dict(values)
         values["trunk_widths"] = tuple(values["trunk_widths"])
         values["inference"] = InferenceConfig(**values["inference"])
-        values.setdefault("noise_amplitude", 1.0)  # bundles from before the setting drew [-1, 1]
+        values.setdefault("noise_amplitude", 1.0)  # a bundle without the setting drew [-1, 1]
         return cls(**values)
 
 

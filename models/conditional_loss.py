@@ -1,4 +1,4 @@
-"""The C-step surrogate loss of DESIGN section 5 (the seed's Algorithm 1, ε = +1).
+"""The C-step surrogate loss of DESIGN section 5 (the paper's Algorithm 1, ε = +1).
 
 For each sample k: ŷ_c^k = argmax S^k, ŷ_a^k = the loss-augmented argmax of S^k against the
 prediction network's output y_p, and for every other sample k' ŷ_b^{k,k'} = the loss-augmented
@@ -7,17 +7,15 @@ argmax of S^k against ŷ_c^{k'}. The surrogate
     L_c = 1/K Σ_k [S^k(ŷ_a^k) - S^k(ŷ_c^k)]
           - γ/(K(K-1)) Σ_{k != k'} [S^k(ŷ_b^{k,k'}) - S^k(ŷ_c^k)]
 
-has the direct loss minimisation gradient of the seed's eq. 12-14: descending it moves sample k
+has the direct loss minimisation gradient of the paper's eq. 12-14: descending it moves sample k
 towards ŷ_c^k and away from ŷ_a^k (agreement with the prediction network), and towards ŷ_b^{k,k'}
 (diversity between samples). Only the scores carry gradients; the outputs are constants.
 
 One departure: a pair of samples that agree (ŷ_c^k = ŷ_c^{k'}) adds nothing to the diversity
-term. A network that has learnt to ignore its noise (after the warm start the noise moved a
-margin by 0.0075 against a median gap of 1.3 between a tag's best two proposals) gives K equal
-samples, and their pair terms all step away from the common output alike: that flattens the
-scores without making the samples differ (given tags, top-1 IoU on val fell from 0.63 to 0.45
-in two C-steps; bench/noise_effect.py).
-Pairs that differ keep the seed's term, so diversity the noise does produce is rewarded.
+term. A network whose noise moves no pick gives K equal samples, and their pair terms all step
+away from the common output alike: that flattens the scores without making the samples differ
+(given tags, top-1 IoU on val fell from 0.63 to 0.45 in two C-steps; bench/noise_effect.py).
+Pairs that differ keep the paper's term, so diversity the noise does produce is rewarded.
 """
 
 from dataclasses import dataclass
@@ -99,7 +97,7 @@ def conditional_loss(
     agreement = sum(
         selection_score(margins[i], outputs.augmented[i]) - sample_scores[i] for i in range(k)
     ) / k
-    # The seed's eq. 6 averages over ordered pairs with 1/(K(K-1)); its Algorithm 1 writes
+    # The paper's eq. 6 averages over ordered pairs with 1/(K(K-1)); its Algorithm 1 writes
     # 2/(K(K-1)), the same average over unordered pairs, each of which the ordered sum counts
     # twice (Δ is symmetric). Pairs of equal samples are absent and count as 0.
     pair_sum = sum(

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import scipy.io
 import torch
-from pycocotools import mask as mask_utils
+
+from models.rle import decode_masks, encode_masks
 
 SUFFIXES = (".mat", ".npz")
 
@@ -46,12 +47,7 @@ def save_proposal_file(path: Path, masks: torch.Tensor | np.ndarray) -> None:
     masks = np.asarray(masks.cpu() if isinstance(masks, torch.Tensor) else masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must have shape (P, H, W), got {masks.shape}")
-    encoded = (
-        mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-        if len(masks)
-        else []
-    )
-    counts = np.array([rle["counts"].decode("ascii") for rle in encoded], dtype=str)
+    counts = np.array([rle["counts"] for rle in encode_masks(masks)], dtype=str)
     np.savez_compressed(path, counts=counts, size=np.array(masks.shape[1:], dtype=np.int64))
 
 
@@ -74,9 +70,7 @@ def _load_npz(path: Path) -> np.ndarray:
     counts = np.asarray(counts).ravel()
     if len(counts) == 0:
         return np.zeros((0, *size), dtype=bool)
-    rles = [{"size": size, "counts": str(c).encode("ascii")} for c in counts]
-    decoded = mask_utils.decode(rles)  # (h, w, P) uint8, Fortran order
-    return np.ascontiguousarray(decoded.transpose(2, 0, 1)).astype(bool)
+    return decode_masks([{"size": size, "counts": str(c)} for c in counts])
 
 
 def _load_mat(path: Path) -> np.ndarray:

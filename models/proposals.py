@@ -23,7 +23,9 @@ hierarchical regions that mostly lie inside the box, clipped to it. A box covers
 columns floor(x0) .. ceil(x1) - 1 and rows floor(y0) .. ceil(y1) - 1.
 """
 
+import hashlib
 import heapq
+import json
 from dataclasses import asdict, dataclass, fields
 
 import cv2
@@ -157,6 +159,18 @@ class _Segmentation:
     @property
     def n(self) -> int:
         return self.regions.shape[1]
+
+
+def proposal_key(image: np.ndarray, boxes: np.ndarray | None, settings: ProposalSettings) -> str:
+    """The cache key of `propose(image, boxes, settings=settings)`: a hash of the image's
+    pixels and shape, the boxes and the settings."""
+    digest = hashlib.sha256()
+    digest.update(np.ascontiguousarray(image).tobytes())
+    digest.update(str(image.shape).encode())
+    if boxes is not None:
+        digest.update(np.asarray(boxes, dtype=np.float64).tobytes())
+    digest.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
+    return digest.hexdigest()[:32]
 
 
 def propose(

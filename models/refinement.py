@@ -23,7 +23,8 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from models.candidates import box_pixel_window
-from models.conditional import ConditionalNet, as_image_tensor, describe_proposals
+from models.conditional import ConditionalNet, describe_proposals
+from models.images import as_image_tensor
 from models.structures import InstanceSet, mask_boxes
 
 # Two returned candidates overlap at most this much (mask IoU): near-copies add no choice.

@@ -12,7 +12,9 @@ import warnings
 from typing import BinaryIO
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageDraw, UnidentifiedImageError
+
+from models.orientation import upright
 
 SUPPORTED_FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "TIFF")
 MIN_SIDE = 16
@@ -103,7 +105,7 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
             )
         try:
             image.load()
-            image = ImageOps.exif_transpose(image)
+            image = upright(image)
         except Exception as error:  # truncated data, bad compressed streams, bad EXIF
             raise ImageError(f"the image data is truncated or corrupt: {error}") from None
     try:

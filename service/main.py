@@ -16,7 +16,7 @@ from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi_offline import FastAPIOffline
 
-from service.api.deps import api_key_scheme
+from service.api.deps import MODEL_HEADER, api_key_scheme
 from service.api.middleware import ApiKeyMiddleware, BodyLimitMiddleware, SameOriginMiddleware
 from service.api.routes import (
     health,
@@ -118,7 +118,7 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
         app.add_middleware(
             CORSMiddleware, allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST", "DELETE"], allow_headers=["Authorization"],
-            expose_headers=["Location", "Retry-After", segment.MODEL_HEADER],
+            expose_headers=["Location", "Retry-After", MODEL_HEADER],
         )
     app.add_middleware(MetricsMiddleware, metrics=app.state.metrics)  # outermost: counts all
     return app

@@ -14,7 +14,6 @@ so that asking for more samples of the same image costs no second proposal pass.
 
 import asyncio
 import hashlib
-import json
 import math
 import secrets
 import threading
@@ -32,7 +31,8 @@ import torch
 from models.annotations import Annotation, BoxAnnotation, boxes_from_records, tags_from_names
 from models.bundle import ModelBundle, file_digest, load_bundle
 from models.delta import delta_matrix
-from models.proposals import propose
+from models.devices import resolve_device
+from models.proposals import proposal_key, propose
 from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
 from models.thresholds import SCORE_THRESHOLD
@@ -40,10 +40,6 @@ from service.core.config import Settings
 from service.metrics import Metrics
 
 T = TypeVar("T")
-
-
-class DeviceError(RuntimeError):
-    """The configured device cannot be used on this machine."""
 
 
 class Overloaded(RuntimeError):
@@ -103,28 +99,12 @@ class InconsistentHints(ValueError):
     """No segmentation consistent with the given tags or boxes exists among the proposals."""
 
 
-def resolve_device(requested: str) -> torch.device:
-    """`auto`: CUDA when present, else CPU; `cuda` without CUDA raises DeviceError."""
-    if requested == "cpu":
-        return torch.device("cpu")
-    if requested not in ("auto", "cuda"):
-        raise DeviceError(f"unknown device {requested!r}; use auto, cpu or cuda")
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if requested == "cuda":
-        raise DeviceError(
-            "DISCOSEG_DEVICE=cuda but torch sees no CUDA device on this machine; "
-            "set DISCOSEG_DEVICE=auto or cpu"
-        )
-    return torch.device("cpu")
-
-
 def model_version(path: Path) -> str:
     """The bundle's file stem and the start of its SHA-256, e.g. `model-3f2a9c1b7d4e`."""
     return f"{Path(path).stem}-{file_digest(path)}"
 
 
-class ProposalCache:
+class MemoryProposalCache:
     """LRU of proposal masks, bounded by entry count and by bytes (masks are stored bit-packed)."""
 
     def __init__(self, max_entries: int, max_bytes: int) -> None:
@@ -180,7 +160,7 @@ class ModelRuntime:
         self.device = device
         self.max_inflight = max_inflight
         self.metrics = metrics or Metrics()
-        self.proposal_cache = ProposalCache(proposal_cache_size, proposal_cache_bytes)
+        self.proposal_cache = MemoryProposalCache(proposal_cache_size, proposal_cache_bytes)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="discoseg-model")
         self._inflight = 0
         self._lock = threading.Lock()
@@ -190,7 +170,7 @@ class ModelRuntime:
     def load(cls, settings: Settings, metrics: Metrics | None = None) -> "ModelRuntime":
         """Load the bundle of `settings.model_path` onto `settings.device` and warm it up.
 
-        Raises DeviceError, FileNotFoundError or models.bundle.BundleError.
+        Raises models.devices.DeviceError, FileNotFoundError or models.bundle.BundleError.
         """
         device = resolve_device(settings.device)
         bundle = load_bundle(settings.model_path, map_location=device)
@@ -275,19 +255,14 @@ class ModelRuntime:
     def proposals(self, image: np.ndarray, boxes: np.ndarray | None = None) -> torch.Tensor:
         """BoolTensor[P, H, W] segment proposals (box-conditioned with boxes), cached."""
         settings = self.bundle.proposal_settings
-        key = hashlib.sha256()
-        key.update(repr(image.shape).encode())
-        key.update(np.ascontiguousarray(image).tobytes())
-        key.update(b"" if boxes is None else np.asarray(boxes, dtype=np.float64).tobytes())
-        key.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
-        digest = key.hexdigest()
-        cached = self.proposal_cache.get(digest)
+        key = proposal_key(image, boxes, settings)
+        cached = self.proposal_cache.get(key)
         self.metrics.proposal_cache.labels("miss" if cached is None else "hit").inc()
         if cached is not None:
             return cached
         with self.metrics.time_model("proposals"):
             masks = propose(image, boxes, settings=settings)
-        self.proposal_cache.put(digest, masks)
+        self.proposal_cache.put(key, masks)
         return masks
 
     def hints(

@@ -8,10 +8,8 @@ naming the field, which the API answers with a 422.
 """
 
 import json
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
-import numpy as np
-from pycocotools import mask as mask_utils
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -22,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from models.rle import encode_masks, rle_runs
 from models.structures import InstanceSet
 
 MODEL_FIELD = Field(
@@ -84,6 +83,33 @@ class RefineResponse(BaseModel):
         "negative point and lies inside the box (when given); score: the probability of its "
         "class under the conditional network"
     )
+
+
+class Progress(BaseModel):
+    done: int = Field(description="images finished (labeled or failed)")
+    total: int
+
+
+class ImageFailure(BaseModel):
+    index: int = Field(description="position of the image in the job")
+    image_id: int
+    file_name: str
+    error: str
+
+
+class JobStatus(BaseModel):
+    id: str
+    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
+    progress: Progress
+    errors: list[ImageFailure] = Field(description="images that could not be labeled")
+    created_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    fetched_at: float | None = Field(None, description="first download of the result")
+    expires_at: float | None = Field(
+        None, description="when the job and its result are deleted (unix time)"
+    )
+    result: str | None = Field(None, description="URL of the result, once the job finished")
 
 
 class LabelStudioHealth(BaseModel):
@@ -210,40 +236,13 @@ class MaskHint(BaseModel):
     @model_validator(mode="after")
     def _runs_cover_the_size(self) -> "MaskHint":
         # pycocotools decodes runs that cover less than the size into uninitialised memory.
-        runs = _rle_runs(self.counts)
+        runs = rle_runs(self.counts)
         height, width = self.size
         if sum(runs) != height * width:
             raise ValueError(
                 f"the counts cover {sum(runs)} pixels, the size {height}x{width} {height * width}"
             )
         return self
-
-
-def _rle_runs(counts: str) -> list[int]:
-    """The run lengths of pycocotools' string RLE: each run is 5-bit groups (character - 48,
-    low bits first, 0x20 set while more follow, 0x10 the sign of the last), a run from the
-    third on stored as its difference to the run two before."""
-    runs: list[int] = []
-    value, shift = 0, 0
-    for character in counts:
-        group = ord(character) - 48
-        if not 0 <= group < 64:
-            raise ValueError(f"the counts hold {character!r}, not an RLE character")
-        value |= (group & 0x1F) << shift
-        shift += 5
-        if group & 0x20:
-            continue
-        if group & 0x10:
-            value -= 1 << shift
-        if len(runs) > 2:
-            value += runs[-2]
-        if value < 0:
-            raise ValueError("the counts hold a negative run")
-        runs.append(value)
-        value, shift = 0, 0
-    if shift:
-        raise ValueError("the counts end inside a run")
-    return runs
 
 
 # Label Studio ML backend requests (/ls) and exports (jobs' annotation_format "labelstudio").
@@ -433,20 +432,16 @@ class ErrorResponse(BaseModel):
 def encode_instances(instances: InstanceSet, classes: list[str]) -> list[Instance]:
     """Response instances of an InstanceSet (class ids 1..C name `classes`); each bbox is the
     tight box of its mask."""
-    if len(instances) == 0:
-        return []
-    masks = instances.masks.cpu().numpy()  # (N, H, W)
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
     rows = zip(
-        rles, instances.labels.tolist(), instances.scores.tolist(), instances.boxes.tolist(),
-        strict=True,
+        encode_masks(instances.masks.cpu().numpy()), instances.labels.tolist(),
+        instances.scores.tolist(), instances.boxes.tolist(), strict=True,
     )
     return [
         Instance(
             label=classes[label - 1],
             score=round(score, 6),
             bbox=[round(v, 2) for v in box],
-            mask=RleMask(size=[int(v) for v in rle["size"]], counts=rle["counts"].decode("ascii")),
+            mask=RleMask(**rle),
         )
         for rle, label, score, box in rows
     ]

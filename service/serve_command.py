@@ -28,9 +28,10 @@ def serve(
     import uvicorn
 
     from models.bundle import BundleError
+    from models.devices import DeviceError
     from service.core.config import InvalidSettings, load_settings
     from service.main import create_app
-    from service.runtime import DeviceError, ModelRuntime
+    from service.runtime import ModelRuntime
     from training.errors import fail
 
     overrides: dict[str, object] = {}

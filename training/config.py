@@ -1,9 +1,11 @@
 """Training settings, filled by the CLI; defaults are the documented ones."""
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
 
+from models.devices import DEVICES
 from models.presets import PRESETS
-from training.data.dataset import Supervision
+from training.data.dataset import SUPERVISION_MODES, Supervision
 
 
 @dataclass(frozen=True)
@@ -44,63 +46,162 @@ LR_PREDICTION_FROM_SCRATCH = 2e-3
 LR_PREDICTION_PRETRAINED = 1e-4
 
 
+# Help panels of `discoseg train --help`.
+TRAINING, OPTIMISATION, DATA, RUN = "Training schedule", "Optimisation", "Data and proposals", "Run"
+
+
+def setting(default: Any, help: str, *, panel: str = TRAINING, **option: Any) -> Any:
+    """A TrainConfig field with what its `discoseg train` option needs (training.train_command):
+    `help` and `panel` for --help; in `option`, `flag` (instead of --field-name), `metavar`,
+    and `choices` (checked by the command before the config is built)."""
+    return field(default=default, metadata={"help": help, "panel": panel, **option})
+
+
+def _preset_defaults(phase: str) -> str:
+    values = ", ".join(f"{name} {getattr(s, phase)}" for name, s in SCHEDULES.items())
+    return f"Default: the preset's ({values})."
+
+
 @dataclass(frozen=True)
 class TrainConfig:
-    """The DISCO schedule (DESIGN section 5) and its optimisation settings.
+    """The DISCO schedule (DESIGN section 5) and its optimisation settings; each field's help
+    is its `discoseg train` option's. A None default is completed in __post_init__ from the
+    preset or the weights."""
 
-    supervision: what training sees: "tags", "boxes", or "masks" (full supervision, the upper
-        bound: only the prediction network is trained, on the ground truth).
-    k: conditional samples per image (pseudo labels in the P-step, Algorithm 1 in the C-step).
-    gamma: γ of the dissimilarity coefficient; the P-step's self-diversity weight is 1 - γ.
-    rounds, *_epochs: the schedule (`Schedule`); None takes the preset's (`SCHEDULES`).
-    prior_weight: extra weight of the objectness prior in the warm start's detection stream
-        (tags); the scores carry the prior with a learned weight already. Measured top-1 IoU
-        per ground-truth instance after the warm start (dev data): 0.47 at 0, 0.42 at 1, 0.38
-        at 3, 0.35 at 10, 0.21 at 30.
-    seed_ratio: tags warm start: besides each tag's top proposal under the detection stream,
-        the proposals scoring at least this fraction of the top's that overlap no other seed
-        are seeds of the tag's self-training positives (models.warm_start.instance_seeds; 1:
-        the top one alone).
-    unclaimed: P-step given tags, what Mask R-CNN is taught on the instances that a pseudo
-        label leaves out for its per-tag limit (models.inference.unclaimed_instances): "ignore"
-        (anchors and RoIs on them are neither positive nor negative) or "background".
-    baseline: instead of DISCO, train the prediction network alone on pseudo masks made from
-        the boxes: "box-mask" or "grabcut" (training.baselines; boxes supervision only).
-    backbone_weights: ImageNet weights of the prediction network's ResNet body (a state_dict
-        file or a torchvision weights enum name); coco_weights: a start from torchvision's
-        COCO Mask R-CNN (`coco` or a state_dict file; `paper` preset). Default: from scratch.
-    lr_conditional, lr_prediction: Adam(W) learning rates; None takes LR_PREDICTION_FROM_SCRATCH,
-        or LR_PREDICTION_PRETRAINED with pretrained weights.
-    image_size: images are downscaled so the longer side is at most this (never upscaled);
-        None takes the preset's working size, the one it serves at.
-    prediction_threshold: in the C-step, detections scoring below it are never part of the
-        sample y_p of the prediction network's output; above it each is, with probability its
-        score.
-    """
-
-    supervision: Supervision = "tags"
-    preset: str = "tiny"
-    k: int = 10
-    gamma: float = 0.5
-    rounds: int | None = None
-    warm_start_epochs: int | None = None
-    p_epochs: int | None = None
-    c_epochs: int | None = None
-    final_p_epochs: int | None = None
-    prior_weight: float = 0.0
-    seed_ratio: float = 1.0
-    unclaimed: str = "ignore"
-    lr_conditional: float = 1e-3
-    lr_prediction: float | None = None
-    batch_size: int = 2
-    image_size: int | None = None
-    max_proposals: int = 300
-    prediction_threshold: float = 0.1
-    seed: int = 0
-    device: str = "auto"
-    backbone_weights: str | None = None
-    coco_weights: str | None = None
-    baseline: str | None = None
+    supervision: Supervision = setting(
+        "tags",
+        "What training sees of the annotation: image-level tags, boxes, or masks (full "
+        "supervision: trains the prediction network alone, the upper bound).",
+        choices=SUPERVISION_MODES,
+    )
+    preset: str = setting(
+        "tiny",
+        "Size of the Mask R-CNN and default schedule: tiny (ResNet-18, CPU-friendly; a short "
+        "schedule: 100 images of 256 px train in under 5 minutes on 2 CPU cores), small "
+        "(ResNet-18 at half resolution), paper (ResNet-50-FPN, torchvision's defaults).",
+        choices=tuple(SCHEDULES),
+    )
+    k: int = setting(
+        10,
+        "Conditional samples per image: pseudo labels per P-step image, samples of Algorithm 1 "
+        "in the C-step.",
+    )
+    gamma: float = setting(
+        0.5,
+        "γ of the dissimilarity coefficient, in [0, 1]; the P-step's self-diversity weight is "
+        "1 - γ.",
+    )
+    rounds: int | None = setting(
+        None,
+        "P-step + C-step alternations after the warm start; a last P-step follows. "
+        + _preset_defaults("rounds"),
+    )
+    warm_start_epochs: int | None = setting(
+        None,
+        "Epochs of the conditional network's warm start from the annotation alone. "
+        + _preset_defaults("warm_start_epochs"),
+    )
+    p_epochs: int | None = setting(
+        None, "Epochs of each round's P-step. " + _preset_defaults("p_epochs")
+    )
+    c_epochs: int | None = setting(
+        None, "Epochs of each round's C-step. " + _preset_defaults("c_epochs")
+    )
+    final_p_epochs: int | None = setting(
+        None,
+        "Epochs of the last P-step. Under masks supervision the single supervised phase runs "
+        "rounds * p + final-p epochs, the prediction network's epochs in DISCO. "
+        + _preset_defaults("final_p_epochs"),
+    )
+    prior_weight: float = setting(
+        0.0,
+        "Extra weight of the objectness prior in the warm start's detection stream (tags); the "
+        "scores already carry it with a learned weight.",
+    )
+    seed_ratio: float = setting(
+        1.0,
+        "Tags warm start: besides each tag's top proposal, the proposals scoring at least this "
+        "fraction of its detection score that overlap no other seed are seeds of further "
+        "instances of the tag (1: the top one alone). In (0, 1].",
+    )
+    unclaimed: str = setting(
+        "ignore",
+        "P-step given tags: what Mask R-CNN learns on the likely instances that a pseudo label "
+        "leaves out for --max-instances-per-tag (positive margin, no overlap with its "
+        "instances): ignore (neither object nor background) or background.",
+        choices=UNCLAIMED_CHOICES,
+    )
+    max_instances_per_tag: int = setting(
+        1,
+        "Tags: the most instances of one tagged class in a conditional sample (0: as many as "
+        "have a positive margin). Extra ones are mostly background on the synthetic data "
+        "(docs/results.md).",
+    )
+    noise_amplitude: float = setting(
+        30.0,
+        "The conditional network's noise is uniform in [-a, a]; larger makes its K samples "
+        "differ more (bench/noise_effect.py measures how much).",
+    )
+    prediction_threshold: float = setting(
+        0.1,
+        "C-step: y_p is a sample of the prediction network's output, each detection scoring at "
+        "least this an instance with probability its score; an image whose sample is empty "
+        "gets the warm start's loss alone.",
+    )
+    baseline: str | None = setting(
+        None,
+        "Train the prediction network alone on pseudo masks made from the boxes: box-mask (the "
+        "filled box) or grabcut (GrabCut in the box). Boxes supervision only.",
+    )
+    backbone_weights: str | None = setting(
+        None,
+        "ImageNet weights of the ResNet body: a torch.save'd state_dict file, or a torchvision "
+        "weights enum such as ResNet18_Weights.IMAGENET1K_V1 (downloaded). Default: random "
+        "initialisation.",
+        metavar="FILE|ENUM",
+    )
+    coco_weights: str | None = setting(
+        None,
+        "Start the prediction network from torchvision's COCO Mask R-CNN (maskrcnn_resnet50_fpn; "
+        "its class-specific layers are replaced): coco downloads torchvision's weights, FILE is "
+        "a torch.save'd state_dict of that model. Needs --preset paper; not with "
+        "--backbone-weights.",
+        flag="--init",
+        metavar="coco|FILE",
+    )
+    lr_conditional: float = setting(
+        1e-3, "Adam learning rate of the conditional network.", panel=OPTIMISATION
+    )
+    lr_prediction: float | None = setting(
+        None,
+        "AdamW learning rate of the prediction network (Mask R-CNN). Default: "
+        f"{LR_PREDICTION_FROM_SCRATCH:g} from scratch, {LR_PREDICTION_PRETRAINED:g} with --init "
+        "or --backbone-weights.",
+        panel=OPTIMISATION,
+    )
+    batch_size: int = setting(
+        2, "Images per step (per process under torchrun).", panel=OPTIMISATION
+    )
+    seed: int = setting(
+        0, "Seed of initialisation, sampling and batch order.", panel=OPTIMISATION
+    )
+    image_size: int | None = setting(
+        None,
+        "Images are downscaled so the longer side is at most this (never upscaled). Default: "
+        "the preset's working size, the one it serves at ("
+        + ", ".join(f"{name} {p.working_size}" for name, p in PRESETS.items())
+        + ").",
+        panel=DATA,
+    )
+    max_proposals: int = setting(
+        300, "Segment proposals per image (box-conditioned ones come on top).", panel=DATA
+    )
+    device: str = setting(
+        "auto",
+        "auto: CUDA when present (each torchrun process takes its LOCAL_RANK GPU).",
+        panel=RUN,
+        choices=DEVICES,
+    )
 
     def __post_init__(self) -> None:
         if self.preset not in SCHEDULES:
@@ -130,7 +231,9 @@ class TrainConfig:
             "batch_size must be at least 1": self.batch_size >= 1,
             "image_size must be at least 32": self.image_size >= 32,
             "max_proposals must be at least 1": self.max_proposals >= 1,
-            "device must be auto, cpu or cuda": self.device in ("auto", "cpu", "cuda"),
+            "max_instances_per_tag must be 0 or more": self.max_instances_per_tag >= 0,
+            "noise_amplitude must be 0 or more": self.noise_amplitude >= 0,
+            "device must be auto, cpu or cuda": self.device in DEVICES,
             "give backbone weights or COCO weights, not both": self.backbone_weights is None
             or self.coco_weights is None,
             "baseline must be box-mask or grabcut, with boxes supervision": self.baseline is None

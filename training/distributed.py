@@ -48,10 +48,7 @@ def average_gradients(modules: list[nn.Module], rank: Rank) -> None:
                 parameter.grad /= rank.world_size
 
 
-def resolve_device(name: str) -> torch.device:
-    """auto: CUDA when present (the rank's local GPU under torchrun), else CPU."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but no CUDA device is available")
-    if name == "cpu" or not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+def local_rank() -> int:
+    """This process's index among the processes of its machine (torchrun's LOCAL_RANK): the
+    GPU it takes."""
+    return int(os.environ.get("LOCAL_RANK", "0"))

@@ -13,7 +13,6 @@ from typing import NoReturn
 import typer
 
 USAGE_ERROR = 2
-DEVICES = ("auto", "cpu", "cuda")
 
 
 def fail(message: str, code: int = USAGE_ERROR) -> NoReturn:

@@ -32,8 +32,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-RLE = dict[str, Any]
-"""A COCO run-length encoding: {"size": [height, width], "counts": bytes | str | list[int]}."""
+from models.rle import RLE, compressed, encode_mask
 
 MaskLike = RLE | np.ndarray
 """An RLE or a bool/uint8 array (height, width); arrays are encoded to RLE on arrival."""
@@ -57,14 +56,9 @@ class ScoredInstance(NamedTuple):
 def to_rle(mask: MaskLike) -> RLE:
     """Encode a mask (bool/uint8 array (H, W), or an RLE with compressed or list counts) as RLE."""
     if isinstance(mask, np.ndarray):
-        if mask.ndim != 2:
-            raise ValueError(f"a mask array must be 2-D (height, width), got shape {mask.shape}")
-        return mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+        return encode_mask(mask)
     if isinstance(mask, dict) and "size" in mask and "counts" in mask:
-        if isinstance(mask["counts"], list):
-            height, width = mask["size"]
-            return mask_utils.frPyObjects(mask, height, width)
-        return mask
+        return compressed(mask)
     raise ValueError(f"a mask must be a 2-D array or an RLE dict (size, counts), got {mask!r}")
 
 

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
+from models.devices import DEVICES
 from models.thresholds import SCORE_THRESHOLD
-from training.errors import DEVICES, check_choice, fail, user_errors
+from training.errors import check_choice, fail, user_errors
 from training.predict_command import (
     Device,
     Progress,
@@ -63,7 +64,7 @@ def evaluate(
     check_score_threshold(score_threshold)
     check_choice("--device", device, DEVICES)
     from models.bundle import load_bundle
-    from training.distributed import resolve_device
+    from models.devices import resolve_device
     from training.evaluate import evaluate_coco_files, format_table
     from training.predict import CocoIndex, coco_results
 

@@ -26,7 +26,7 @@ from models.structures import mask_boxes
 from models.warm_start import box_seed_labels
 from training.baselines import baseline_target, grabcut_in_box
 from training.data.dataset import Sample
-from training.proposal_cache import ProposalCache
+from training.proposal_cache import DiskProposalCache
 
 
 @dataclass(frozen=True)
@@ -147,7 +147,7 @@ def target_of(sample: Sample) -> dict[str, Tensor] | None:
 def prepare_item(
     index: int,
     sample: Sample,
-    cache: ProposalCache,
+    cache: DiskProposalCache,
     config: ConditionalConfig,
     max_size: int,
     baseline: str | None = None,

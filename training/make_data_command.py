@@ -7,6 +7,7 @@ import typer
 
 from training.data.photo_scenes import PHOTOS
 from training.data.synthetic import SHAPES, generate_dataset
+from training.errors import fail
 
 FAMILIES = {"shapes": SHAPES, "photos": PHOTOS}
 
@@ -52,14 +53,12 @@ def make_data(
     if out.exists() and not out.is_dir():
         problems.append(f"OUT exists and is not a folder: {out}")
     if problems:
-        typer.echo(f"error: {'; '.join(problems)}", err=True)
-        raise typer.Exit(code=2)
+        fail("; ".join(problems))
     try:
         train, val = generate_dataset(
             out, n=n, size=size, seed=seed, val_fraction=val_fraction, family=FAMILIES[family]
         )
     except OSError as error:
-        typer.echo(f"error: cannot write the dataset to {out}: {error}", err=True)
-        raise typer.Exit(code=2) from None
+        fail(f"cannot write the dataset to {out}: {error}")
     classes = FAMILIES[family].classes
     typer.echo(f"wrote {n} images of {len(classes)} classes ({', '.join(classes)}): {train}, {val}")

@@ -1,22 +1,27 @@
 """Predictions of a model bundle as COCO results, and the COCO index they refer to.
 
 A result is `{image_id, category_id, score, segmentation, bbox}`: segmentation a COCO RLE
-with str counts, bbox [x, y, w, h] pixels, as COCOeval's `loadRes` reads them.
+with str counts, bbox [x, y, w, h] pixels, as COCOeval's `loadRes` reads them. Images without
+a COCO file of their own get one (`results_as_coco`): their file names, the model's classes.
 """
 
 import json
+from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
 from models.bundle import ModelBundle
+from models.orientation import upright_size
 from models.thresholds import SCORE_THRESHOLD
-from training.data.coco import encode_mask
+from training.data.coco import coco_mask_fields
 from training.data.dataset import load_rgb
+from training.formats.labels import ImageLabels, Instance, LabelSet, to_coco
 
 
 @dataclass(frozen=True)
@@ -113,7 +118,7 @@ def coco_results(
             instances.masks.numpy(), instances.labels.tolist(), instances.scores.tolist(),
             strict=True,
         ):
-            fields = encode_mask(mask)
+            fields = coco_mask_fields(mask)
             results.append({
                 "image_id": image_id,
                 "category_id": category_ids[label - 1],
@@ -122,3 +127,25 @@ def coco_results(
                 "bbox": fields["bbox"],
             })
     return results
+
+
+def results_as_coco(
+    results: Sequence[dict[str, Any]], images: Sequence[tuple[int, Path]], classes: Sequence[str]
+) -> dict[str, Any]:
+    """A COCO annotation file of `coco_results` with the default category ids, the form of a
+    batch job's result: the images (file name as given, upright size), the classes as
+    categories 1..C and the results as annotations with their scores."""
+    instances = defaultdict(list)
+    for result in results:
+        label = classes[result["category_id"] - 1]
+        instances[result["image_id"]].append(
+            Instance(label, result["segmentation"], score=result["score"])
+        )
+    entries = []
+    for image_id, path in images:
+        with Image.open(path) as image:
+            width, height = upright_size(image)
+        entries.append(
+            ImageLabels(image_id, str(path), width, height, tuple(instances[image_id]))
+        )
+    return to_coco(LabelSet(tuple(classes), tuple(entries)))

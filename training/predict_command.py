@@ -6,8 +6,9 @@ from typing import Annotated
 
 import typer
 
+from models.devices import DEVICES
 from models.thresholds import SCORE_THRESHOLD
-from training.errors import DEVICES, check_choice, fail, user_errors
+from training.errors import check_choice, fail, user_errors
 
 ScoreThreshold = Annotated[
     float,
@@ -16,7 +17,7 @@ ScoreThreshold = Annotated[
     ),
 ]
 Device = Annotated[
-    str, typer.Option("--device", metavar="auto|cpu|cuda", help="Where the model runs.")
+    str, typer.Option("--device", metavar="|".join(DEVICES), help="Where the model runs.")
 ]
 Progress = Annotated[
     bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -38,8 +39,9 @@ def predict(
             "--data",
             help="COCO JSON the images belong to: image ids are its ids (an image matches the "
             "entry whose file_name its path ends with, else the one with its base name) and "
-            "category ids its ids of the model's class names. Without it image ids are "
-            "1..n in argument order and category l is the model's class l.",
+            "category ids its ids of the model's class names. Without it OUT is a COCO "
+            "annotation file of its own, like a batch job's result: the images (file names "
+            "as given, ids 1..n), the model's classes and the instances with their scores.",
         ),
     ] = None,
     score_threshold: ScoreThreshold = SCORE_THRESHOLD,
@@ -49,13 +51,14 @@ def predict(
     """Segment images with a trained model and write COCO results.
 
     One record per instance: image_id, category_id, score, segmentation (RLE
-    with str counts) and bbox (x, y, width, height).
+    with str counts) and bbox (x, y, width, height); without --data inside a
+    COCO annotation file that names the images and classes.
     """
     check_score_threshold(score_threshold)
     check_choice("--device", device, DEVICES)
     from models.bundle import load_bundle
-    from training.distributed import resolve_device
-    from training.predict import CocoIndex, coco_results
+    from models.devices import resolve_device
+    from training.predict import CocoIndex, coco_results, results_as_coco
 
     with user_errors():
         missing = [str(path) for path in images if not path.is_file()]
@@ -67,13 +70,15 @@ def predict(
         else:
             index = CocoIndex.read(data)
             image_ids, category_ids = index.image_ids(images), index.category_ids(bundle.classes)
+        numbered = list(zip(image_ids, images, strict=True))
         results = coco_results(
             bundle,
-            list(zip(image_ids, images, strict=True)),
+            numbered,
             category_ids=category_ids,
             score_threshold=score_threshold,
             device=resolve_device(device),
             progress=progress,
         )
-        out.write_text(json.dumps(results))
+        output = results if data is not None else results_as_coco(results, numbered, bundle.classes)
+        out.write_text(json.dumps(output))
     typer.echo(f"wrote {len(results)} instances on {len(images)} images to {out}")

@@ -1,12 +1,9 @@
 """Segment proposals computed once per image and cached on disk.
 
-The key is a hash of the image content, the boxes (box-conditioned proposals) and the generator
-settings, so a changed image or setting never reads a stale entry. Entries are bit-packed
-`.npz` files written atomically.
+The key is `models.proposals.proposal_key`, so a changed image, box or setting never reads a
+stale entry. Entries are bit-packed `.npz` files written atomically.
 """
 
-import hashlib
-import json
 import zipfile
 from pathlib import Path
 
@@ -15,20 +12,10 @@ import torch
 from torch import Tensor
 
 from models.atomic import atomic_write
-from models.proposals import ProposalSettings, propose
+from models.proposals import ProposalSettings, proposal_key, propose
 
 
-def proposal_key(image: np.ndarray, boxes: np.ndarray | None, settings: ProposalSettings) -> str:
-    digest = hashlib.sha256()
-    digest.update(np.ascontiguousarray(image).tobytes())
-    digest.update(str(image.shape).encode())
-    if boxes is not None:
-        digest.update(np.asarray(boxes, dtype=np.float64).tobytes())
-    digest.update(json.dumps(settings.as_dict(), sort_keys=True).encode())
-    return digest.hexdigest()[:32]
-
-
-class ProposalCache:
+class DiskProposalCache:
     """`get(image, boxes)` returns BoolTensor[P, H, W], computing and storing it when missing."""
 
     def __init__(self, root: Path, settings: ProposalSettings) -> None:

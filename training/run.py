@@ -12,13 +12,15 @@ from tqdm import tqdm
 
 from models.bundle import build_bundle, load_bundle
 from models.conditional import ConditionalConfig
+from models.devices import resolve_device
+from models.inference import InferenceConfig
 from models.proposals import ProposalSettings
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.dataset import Sample
-from training.distributed import Rank, init_distributed, resolve_device, shard_indices
+from training.distributed import Rank, init_distributed, local_rank, shard_indices
 from training.items import TrainingItem, prepare_item
-from training.proposal_cache import ProposalCache
+from training.proposal_cache import DiskProposalCache
 from training.trainer import Trainer, state_path
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ logger = logging.getLogger(__name__)
 def prepare_items(
     dataset: CocoDataset,
     indices: list[int],
-    cache: ProposalCache,
+    cache: DiskProposalCache,
     conditional_config: ConditionalConfig,
     image_size: int,
     progress: bool,
@@ -70,6 +72,16 @@ def preparation_workers(images: int, rank: Rank) -> int:
     return max(1, min(cpus, images // 16))
 
 
+def conditional_config_for(config: TrainConfig) -> ConditionalConfig:
+    """The conditional network's settings that training chooses, from the config (detectron2's
+    from_config); the architecture keeps ConditionalConfig's defaults."""
+    return ConditionalConfig(
+        noise_amplitude=config.noise_amplitude,
+        border_prior_weight=config.border_prior_weight,
+        inference=InferenceConfig(max_instances_per_tag=config.max_instances_per_tag or None),
+    )
+
+
 def train(
     config: TrainConfig,
     *,
@@ -82,9 +94,13 @@ def train(
     progress: bool = True,
 ) -> Path:
     """Train both networks (or, under masks supervision, the prediction network alone) and
-    write the bundle to `out`. Returns `out`."""
+    write the bundle to `out`. Returns `out`.
+
+    conditional_config: the conditional network's settings in place of those derived from
+    `config` (`conditional_config_for`), e.g. a smaller network.
+    """
     torch.manual_seed(config.seed)
-    device = resolve_device(config.device)
+    device = resolve_device(config.device, gpu=local_rank())
     rank = init_distributed(device)
     dataset = CocoDataset(annotations, images, config.supervision)
     if len(dataset) == 0:
@@ -92,6 +108,7 @@ def train(
             f"{annotations} has no usable training image ({dataset.skipped.summary()})"
         )
     settings = ProposalSettings(max_proposals=config.max_proposals)
+    conditional_config = conditional_config or conditional_config_for(config)
     if resume and out.is_file() and state_path(out).is_file():
         bundle = load_bundle(out)
         if bundle.classes != dataset.classes:
@@ -99,15 +116,13 @@ def train(
                 f"cannot resume: {out} was trained on the classes {bundle.classes}, "
                 f"the dataset has {dataset.classes}"
             )
-        if conditional_config not in (None, bundle.conditional.config):
+        if conditional_config != bundle.conditional.config:
             raise ValueError(
                 "cannot resume: the conditional network's settings differ from the "
                 "interrupted run's"
             )
-        conditional_config = bundle.conditional.config
     else:
         resume = False
-        conditional_config = conditional_config or ConditionalConfig()
         bundle = build_bundle(
             classes=dataset.classes,
             preset=config.preset,
@@ -120,7 +135,7 @@ def train(
             metadata={"supervision": config.supervision, "train_images": len(dataset)},
         )
     bundle.to(device)
-    cache = ProposalCache(cache_dir or out.parent / ".proposals", settings)
+    cache = DiskProposalCache(cache_dir or out.parent / ".proposals", settings)
     shard = shard_indices(len(dataset), rank)
     items = prepare_items(
         dataset,

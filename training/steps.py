@@ -163,7 +163,7 @@ def supervised_loss(
 def sample_prediction(
     prediction: ProposalMaskRCNN, item: TrainingItem, min_score: float, device: torch.device
 ) -> InstanceSet:
-    """A sample y_p ~ Pr_p of the prediction network's output on an item (the seed's eq. 13
+    """A sample y_p ~ Pr_p of the prediction network's output on an item (the paper's eq. 13
     takes the expectation over such samples): each detection scoring at least min_score is an
     instance with probability its score, independently of the others."""
     output = prediction([item.tensor.to(device)], [item.region_proposals().to(device)])[0]
@@ -179,7 +179,7 @@ def c_step_terms(
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    """Algorithm 1 of the seed against y_p, plus the warm start's annotation loss on every
+    """The paper's Algorithm 1 against y_p, plus the warm start's annotation loss on every
     sample, for one item.
 
     Where y_p is empty the annotation loss is the only term: Algorithm 1's agreement term is

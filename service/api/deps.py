@@ -18,7 +18,7 @@ from service.errors import ApiError
 from service.imaging import decode_image
 from service.metrics import Metrics
 from service.runtime import ModelRuntime
-from service.schemas import parse_json
+from service.schemas import ErrorResponse, parse_json
 
 # Declares the scheme in OpenAPI; service.api.middleware.ApiKeyMiddleware checks the key, from
 # the headers, before any body is read.
@@ -26,6 +26,17 @@ api_key_scheme = HTTPBearer(auto_error=False, description="one of DISCOSEG_API_K
 
 # Sampling seeds, on every route that takes one: what torch.Generator.manual_seed accepts.
 SEED_LIMIT = 2**63
+# The response header that names the model version behind a result.
+MODEL_HEADER = "X-Discoseg-Model"
+
+
+def error_responses(*statuses: int) -> dict[int, dict]:
+    """The OpenAPI `responses` of a route's error statuses: each an ErrorResponse body."""
+    return {status: {"model": ErrorResponse} for status in statuses}
+
+
+# The error statuses of the routes that run the model on an uploaded image.
+ERRORS = error_responses(400, 401, 413, 415, 422, 503)
 
 
 def get_app_settings(request: Request) -> Settings:
@@ -46,6 +57,13 @@ def get_metrics(request: Request) -> Metrics:
 AppSettings = Annotated[Settings, Depends(get_app_settings)]
 Model = Annotated[ModelRuntime, Depends(get_runtime)]
 AppMetrics = Annotated[Metrics, Depends(get_metrics)]
+
+
+def check_k(k: int, settings: Settings) -> None:
+    """A 422 when k exceeds DISCOSEG_MAX_K, worded as the validation of k's lower bound
+    (`Form(ge=1)`) words a k below 1."""
+    if k > settings.max_k:
+        raise ApiError(422, f"k: Input should be less than or equal to {settings.max_k}")
 
 
 def api_key_problem(settings: Settings, authorization: str | None) -> str | None:

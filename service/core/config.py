@@ -3,10 +3,11 @@
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
+
+from models.devices import Device
 
 ENV_PREFIX = "DISCOSEG_"
 
@@ -23,7 +24,7 @@ class Settings(BaseSettings):
     model_path: Path = Field(
         default=Path(".cache/demo/model.pt"), description="the model bundle to serve"
     )
-    device: Literal["auto", "cpu", "cuda"] = Field(
+    device: Device = Field(
         default="auto", description="where the networks run: auto picks CUDA when present"
     )
     api_keys: list[SecretStr] = Field(

@@ -27,7 +27,7 @@ from prometheus_client import Gauge
 
 from service.core.config import Settings
 from service.jobs.chunks import ChunkContext, fail_images
-from service.jobs.model import ImageItem, JobRecord, JobSpec, JobState, LabelOptions
+from service.jobs.record import ImageItem, JobRecord, JobSpec, JobState, LabelOptions
 from service.jobs.state import ACTIVE, JobBackendUnavailable, JobStates
 from service.jobs.store import ResultStore
 

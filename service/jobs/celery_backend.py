@@ -20,7 +20,7 @@ from kombu.transport.redis import Channel
 
 from service.core.config import Settings
 from service.jobs.backend import JobBackend
-from service.jobs.model import is_job_id
+from service.jobs.record import is_job_id
 from service.jobs.redis_state import RedisJobStates, redis_client
 from service.jobs.state import JobBackendUnavailable
 from service.jobs.store import ResultStore

@@ -17,11 +17,11 @@ from typing import Protocol
 import numpy as np
 
 from service.imaging import decode_image
-from service.jobs.model import ImageItem, JobState, LabelOptions
+from service.jobs.record import ImageItem, JobState, LabelOptions
 from service.jobs.staging import image_path
 from service.jobs.state import JobBackendUnavailable, JobStates
 from service.jobs.store import ResultStore
-from training.data.coco import encode_mask
+from training.data.coco import coco_mask_fields
 
 logger = logging.getLogger(__name__)
 
@@ -170,6 +170,6 @@ def coco_annotations(instances, image_id: int) -> list[dict]:
     scores = instances.scores.tolist()
     return [
         {"image_id": image_id, "category_id": int(label), "score": float(score), "iscrowd": 0,
-         **encode_mask(mask)}
+         **coco_mask_fields(mask)}
         for mask, label, score in zip(masks, labels, scores, strict=True)
     ]

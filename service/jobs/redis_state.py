@@ -19,7 +19,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from service.jobs.model import JobRecord, JobState
+from service.jobs.record import JobRecord, JobState
 from service.jobs.state import JobBackendUnavailable
 
 _PREFIX = "discoseg:job:"

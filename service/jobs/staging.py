@@ -22,7 +22,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import BinaryIO
 
 from service.imaging import SUPPORTED_FORMATS, identify_format
-from service.jobs.model import HintMode, ImageItem
+from service.jobs.record import HintMode, ImageItem
 from service.schemas import (
     CocoAnnotation,
     CocoFile,

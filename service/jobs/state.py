@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from service.jobs.model import JobRecord, JobState
+from service.jobs.record import JobRecord, JobState
 from service.jobs.store import ResultStore, write_json_atomic
 
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from models.atomic import atomic_write
-from service.jobs.model import ImageItem, JobSpec, is_job_id
+from service.jobs.record import ImageItem, JobSpec, is_job_id
 
 
 def write_json_atomic(path: Path, value: Any) -> None:

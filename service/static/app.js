@@ -7,6 +7,7 @@
 const MAX_VIEW = { width: 720, height: 540 };
 const THUMB_SIZE = 128;
 const MIN_BOX_SIDE = 2; // image pixels: a smaller drag is a click, not a box
+const LABEL_HEIGHT = 16; // canvas pixels of a box's label line
 const COLORS = [
   [230, 25, 75], [60, 180, 75], [0, 130, 200], [245, 130, 48], [145, 30, 180],
   [70, 240, 240], [240, 50, 230], [210, 245, 60], [250, 190, 212], [0, 128, 128],
@@ -118,6 +119,21 @@ function maskLayer(sample, width, height) {
   return layer;
 }
 
+// Where each label goes, in canvas pixels, for labels {x, y, width} wanted at (x, y) in this
+// order: there, or, where it would cover a label placed before (an instance's box often starts
+// where its hint box does), the first line below that covers none, within `height`.
+function placeLabels(wanted, height) {
+  const placed = [];
+  for (const { x, y, width } of wanted) {
+    const covers = (top) => placed.some((other) => x < other.x + other.width &&
+      other.x < x + width && top < other.y + LABEL_HEIGHT && other.y < top + LABEL_HEIGHT);
+    let top = y;
+    while (covers(top) && top + 2 * LABEL_HEIGHT <= height) top += LABEL_HEIGHT;
+    placed.push({ x, y: top, width });
+  }
+  return placed;
+}
+
 // Draws the image, the sample's masks and labelled boxes (image pixels) into `canvas`.
 function paint(canvas, sample, boxes, { labels = true } = {}) {
   const context = canvas.getContext("2d");
@@ -135,20 +151,26 @@ function paint(canvas, sample, boxes, { labels = true } = {}) {
   context.textBaseline = "top";
   for (const { label, bbox, dashed } of boxes) {
     const [x0, y0, x1, y1] = bbox.map((v) => v * scale);
-    const color = classColor(label);
     context.setLineDash(dashed ? [5, 4] : []);
     context.lineWidth = 2;
-    context.strokeStyle = rgb(color);
+    context.strokeStyle = rgb(classColor(label));
     context.strokeRect(x0, y0, x1 - x0, y1 - y0);
-    if (labels && label) {
-      const width = context.measureText(label).width + 6;
-      context.fillStyle = rgb(color, 0.85);
-      context.fillRect(x0, Math.max(0, y0 - 16), width, 16);
-      context.fillStyle = "#fff";
-      context.fillText(label, x0 + 3, Math.max(0, y0 - 16) + 2);
-    }
   }
   context.setLineDash([]);
+  if (!labels) return;
+  const labelled = boxes.filter((box) => box.label);
+  const wanted = labelled.map(({ label, bbox }) => ({
+    x: bbox[0] * scale,
+    y: Math.max(0, bbox[1] * scale - LABEL_HEIGHT),
+    width: context.measureText(label).width + 6,
+  }));
+  placeLabels(wanted, canvas.height).forEach(({ x, y, width }, index) => {
+    const { label } = labelled[index];
+    context.fillStyle = rgb(classColor(label), 0.85);
+    context.fillRect(x, y, width, LABEL_HEIGHT);
+    context.fillStyle = "#fff";
+    context.fillText(label, x + 3, y + 2);
+  });
 }
 
 // Positive points as green discs, negative ones as red discs with a white ring.

@@ -20,6 +20,7 @@ from models.descriptors import (
     proposal_descriptors,
     working_copy,
 )
+from models.images import as_image_tensor
 from models.pairwise import proposal_affinity, refine_scores
 from tests.models.cases import twin_discs
 from tests.models.strategies import (
@@ -127,7 +128,7 @@ def test_same_seed_gives_the_same_samples(net):
 
 
 def test_noise_reaches_the_scores(net):
-    image = torch.from_numpy(random_image(2)).permute(2, 0, 1).float() / 255
+    image = as_image_tensor(random_image(2))
     context = describe_proposals(image, tile_proposals(), CONFIG)
     with torch.no_grad():
         scores = net(image, context, K, generator=torch.Generator().manual_seed(0))
@@ -154,7 +155,7 @@ def test_noise_moves_the_picks_between_two_equally_right_answers(net):
 
 
 def test_noise_amplitude_scales_the_noise(net):
-    image = torch.from_numpy(random_image(2)).permute(2, 0, 1).float() / 255
+    image = as_image_tensor(random_image(2))
     context = describe_proposals(image, tile_proposals(), CONFIG)
     grid = (8, 8)
     unit = ConditionalNet(NUM_CLASSES, dataclasses.replace(CONFIG, noise_amplitude=1.0))

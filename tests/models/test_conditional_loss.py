@@ -31,7 +31,7 @@ def test_surrogate_gradient_moves_scores_as_the_seed_describes() -> None:
     sum(losses.values()).backward()
     grad = scores.grad
     # Descent goes towards ŷ_c (its class score rises), away from ŷ_a (falls) and, through the
-    # diversity term, towards ŷ_b (rises): the seed's reading of eq. 12-14.
+    # diversity term, towards ŷ_b (rises): the paper's reading of eq. 12-14.
     torch.testing.assert_close(grad[:, 0, 1], torch.full((k,), -(1 - gamma) / k))
     torch.testing.assert_close(grad[:, 1, 1], torch.full((k,), 1 / k))
     torch.testing.assert_close(grad[:, 2, 1], torch.full((k,), -gamma / k))

@@ -20,11 +20,11 @@ from models.conditional import (
     ConditionalConfig,
     ConditionalNet,
     ProposalContext,
-    as_image_tensor,
     describe_proposals,
 )
 from models.conditional_loss import c_step_outputs, conditional_loss
 from models.delta import delta
+from models.images import as_image_tensor
 from models.proposals import ProposalSettings, propose
 from models.structures import InstanceSet, mask_boxes
 from models.warm_start import (

@@ -336,7 +336,7 @@ def server(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory):
     env.pop("DISCOSEG_REDIS_URL", None)
     log = folder / "server.log"
     process = subprocess.Popen(
-        [sys.executable, "-m", "training.cli", "serve", "--model", str(bundle_path),
+        [sys.executable, "-m", "service.cli", "serve", "--model", str(bundle_path),
          "--port", str(port), "--device", "cpu", "--log-level", "warning"],
         cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
     )

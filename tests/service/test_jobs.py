@@ -17,7 +17,7 @@ from pycocotools import mask as mask_utils
 from service.core.config import Settings
 from service.jobs.chunks import MAX_CHUNK_STARTS, run_chunk
 from service.jobs.embedded import EmbeddedBackend
-from service.jobs.model import JobRecord, JobSpec, JobState, LabelOptions
+from service.jobs.record import JobRecord, JobSpec, JobState, LabelOptions
 from service.jobs.staging import StagingLimits, Upload, stage_uploads
 from service.main import create_app
 from service.runtime import ModelRuntime

@@ -108,7 +108,7 @@ class Worker:
                "OMP_NUM_THREADS": "1"}
         self.log = log
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "training.cli", "worker", "--concurrency", "1",
+            [sys.executable, "-m", "service.cli", "worker", "--concurrency", "1",
              "--name", f"{name}@%h", "--loglevel", "info"],
             cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT,
             start_new_session=True,

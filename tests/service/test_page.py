@@ -397,6 +397,23 @@ def _deepest_uncovered_pixel(instances: list[dict]) -> tuple[int, int, float]:
     return int(y), int(x), 1 - 0.25 * ((len(instances) - 1) % 3)
 
 
+def test_labels_that_would_cover_one_another_go_a_line_lower(page: Page, site: str) -> None:
+    """An instance's box often starts at its hint box's corner: its label goes below the hint's
+    instead of over it; a label clear of the others stays where it was wanted."""
+    page.goto(f"{site}/")
+    wanted = [
+        {"x": 10, "y": 20, "width": 60},
+        {"x": 12, "y": 20, "width": 80},  # covers the first
+        {"x": 30, "y": 28, "width": 40},  # covers the first, then the second one line lower
+        {"x": 200, "y": 20, "width": 50},  # clear of all
+    ]
+    placed = page.evaluate(f"placeLabels({json.dumps(wanted)}, 300)")
+    assert [label["y"] for label in placed] == [20, 36, 60, 20]
+    assert [{**label, "y": 0} for label in placed] == [{**label, "y": 0} for label in wanted]
+    # No line below fits in the canvas: the label stays where it was wanted.
+    assert page.evaluate(f"placeLabels({json.dumps(wanted[:2])}, 40)") == wanted[:2]
+
+
 @pytest.mark.slow
 def test_an_annotator_gets_and_accepts_pseudo_labels(
     page: Page, site: str, tmp_path: Path
@@ -430,7 +447,8 @@ def test_an_annotator_gets_and_accepts_pseudo_labels(
     page.fill("#k", "12")
     page.click("#suggest")
     page.wait_for("document.getElementById('error').checkVisibility()")
-    assert "k must be at most 8" in page.error() and "HTTP 422" in page.error()
+    assert "k: Input should be less than or equal to 8" in page.error()
+    assert "HTTP 422" in page.error()
     assert page.count(".thumb") == 0 and not page.visible("#result-bar")
 
     page.fill("#k", "6")

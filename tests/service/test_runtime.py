@@ -1,4 +1,4 @@
-"""The model runtime: device choice, model version, proposal cache."""
+"""The model runtime: model version, proposal cache."""
 
 import re
 
@@ -9,25 +9,11 @@ import torch
 from models.delta import delta_matrix
 from models.structures import InstanceSet
 from service.runtime import (
-    DeviceError,
-    ProposalCache,
+    MemoryProposalCache,
     diversity,
     model_version,
-    resolve_device,
 )
 from tests.service.conftest import scene_image
-
-
-def test_cpu_is_always_available_and_auto_follows_cuda() -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    expected = "cuda" if torch.cuda.is_available() else "cpu"
-    assert resolve_device("auto").type == expected
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is present")
-def test_cuda_without_cuda_is_a_clear_error() -> None:
-    with pytest.raises(DeviceError, match="DISCOSEG_DEVICE=cuda"):
-        resolve_device("cuda")
 
 
 def test_model_version_is_stem_and_hash(bundle_path, tmp_path) -> None:
@@ -40,7 +26,7 @@ def test_model_version_is_stem_and_hash(bundle_path, tmp_path) -> None:
 
 def test_proposal_cache_is_a_bounded_lru() -> None:
     masks = [torch.from_numpy(np.random.default_rng(i).random((3, 9, 7)) > 0.5) for i in range(3)]
-    cache = ProposalCache(max_entries=2, max_bytes=10_000)
+    cache = MemoryProposalCache(max_entries=2, max_bytes=10_000)
     cache.put("a", masks[0])
     cache.put("b", masks[1])
     assert torch.equal(cache.get("a"), masks[0])  # "a" is now the most recent
@@ -48,7 +34,7 @@ def test_proposal_cache_is_a_bounded_lru() -> None:
     assert cache.get("b") is None
     assert torch.equal(cache.get("a"), masks[0])
     assert torch.equal(cache.get("c"), masks[2])
-    tiny = ProposalCache(max_entries=10, max_bytes=20)  # 3 * 9 * 7 bits = 24 bytes
+    tiny = MemoryProposalCache(max_entries=10, max_bytes=20)  # 3 * 9 * 7 bits = 24 bytes
     tiny.put("a", masks[0])
     assert len(tiny) == 0
 

@@ -2,8 +2,6 @@ import dataclasses
 import inspect
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -17,6 +15,7 @@ from models.proposal_files import load_proposal_file
 from training.cli import app
 from training.config import TrainConfig
 from training.data.synthetic import CLASSES, generate_dataset
+from training.run import conditional_config_for
 from training.train_command import train_command
 from training.trainer import log_path, state_path
 
@@ -69,12 +68,19 @@ def test_train_options_are_the_train_config_fields_with_its_defaults():
     for name, parameter in parameters.items():
         option = parameter.annotation.__metadata__[0]
         assert option.help and len(option.help) > 10, f"--{name} is not explained"
-    default_limit = InferenceConfig().max_instances_per_tag
-    assert parameters["max_instances_per_tag"].default == default_limit
     help_text = ok("train", "--help").output
     assert "torchrun" in help_text
     for name in ("--warm-start-epochs", "--lr-prediction", "--backbone-weights", "--no-progress"):
         assert name in help_text
+
+
+def test_the_conditional_settings_derive_from_the_train_config():
+    assert conditional_config_for(TrainConfig()) == ConditionalConfig(), "tags: the defaults"
+    derived = conditional_config_for(
+        TrainConfig(supervision="boxes", noise_amplitude=3, max_instances_per_tag=0)
+    )
+    assert derived.border_prior_weight == 0 and derived.noise_amplitude == 3
+    assert derived.inference == InferenceConfig(max_instances_per_tag=None)
 
 
 def test_train_writes_a_bundle_log_and_state_and_refuses_a_changed_resume(data, tmp_path):
@@ -137,9 +143,10 @@ def test_predict_writes_coco_results_that_evaluate_accepts(data, model, tmp_path
     assert 0 <= metrics["ABO"] <= 1 and set(metrics["per_class"]) <= set(CLASSES)
 
 
-def test_predict_image_ids(data, model, tmp_path):
-    """1..n in argument order without --data; with it, a path ending in the file_name or,
-    failing that, the same base name."""
+def test_predict_image_ids_and_file_names(data, model, tmp_path):
+    """Without --data a COCO file of the images as given, ids 1..n in argument order, and the
+    model's classes; with it, results whose ids are those of the image whose file_name the path
+    ends with or, failing that, of the one with the same base name."""
     root, _, val_json = data
     elsewhere = tmp_path / "copies"
     elsewhere.mkdir()
@@ -151,9 +158,14 @@ def test_predict_image_ids(data, model, tmp_path):
        "--out", tmp_path / "matched.json", "--data", val_json, *common)
     plain = json.loads((tmp_path / "plain.json").read_text())
     matched = json.loads((tmp_path / "matched.json").read_text())
-    assert {r["image_id"] for r in plain} == {1, 2}
+    assert [(i["id"], i["file_name"], i["width"], i["height"]) for i in plain["images"]] == [
+        (1, str(root / "images/000005.png"), SIZE, SIZE),
+        (2, str(root / "images/000004.png"), SIZE, SIZE),
+    ]
+    assert [c["name"] for c in plain["categories"]] == list(CLASSES)
+    assert {a["image_id"] for a in plain["annotations"]} == {1, 2}
     renumbered = [{**r, "image_id": {5: 1, 4: 2}[r["image_id"]]} for r in matched]
-    assert renumbered == plain
+    assert renumbered == [{key: a[key] for key in matched[0]} for a in plain["annotations"]]
 
 
 def test_evaluate_with_model_equals_evaluate_of_its_predictions(data, model, tmp_path):
@@ -220,10 +232,10 @@ ERRORS = {
                "--k", "0"], "k must be at least 1"),
     "bad instance limit": (["train", "--data", "{train}", "--images", "{root}",
                             "--out", "{tmp}/m.pt", "--max-instances-per-tag", "-1"],
-                           "--max-instances-per-tag"),
+                           "max_instances_per_tag must be 0 or more"),
     "bad noise amplitude": (["train", "--data", "{train}", "--images", "{root}",
                              "--out", "{tmp}/m.pt", "--noise-amplitude", "-1"],
-                            "--noise-amplitude must be 0 or more"),
+                            "noise_amplitude must be 0 or more"),
     "bad seed ratio": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
                         "--seed-ratio", "0"], "seed_ratio must be in (0, 1]"),
     "bad unclaimed": (["train", "--data", "{train}", "--images", "{root}", "--out", "{tmp}/m.pt",
@@ -268,16 +280,3 @@ def test_errors_are_one_line_and_exit_2(case, data, model, bad_files, tmp_path):
               "val": val_json, "model": model, "image": root / "images/000004.png"}
     result = runner.invoke(app, [a.format(**places) for a in args])
     assert_usage_error(result, fragment)
-
-
-def test_the_cli_loads_neither_celery_nor_the_web_stack():
-    """Training needs none of the service's packages until `serve` or `worker` runs."""
-    service_packages = ("celery", "kombu", "redis", "fastapi", "uvicorn", "pydantic_settings")
-    code = (
-        "import sys, training.cli; "
-        f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({service_packages!r})))"
-    )
-    loaded = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert loaded.strip() == "[]"

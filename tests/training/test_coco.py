@@ -3,9 +3,9 @@ import logging
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import ExifTags, Image
 
-from training.data.coco import CocoDataset, decode_segmentation, encode_mask
+from training.data.coco import CocoDataset, coco_mask_fields, decode_segmentation
 from training.data.synthetic import CLASSES, generate_dataset, render_scene
 
 
@@ -120,6 +120,30 @@ def test_bad_data_is_reported_and_skipped(messy, caplog):
     assert partly.labels.tolist() == [2]
 
 
+def test_a_photo_is_read_upright_as_its_exif_orientation_says(tmp_path):
+    """A camera stores a portrait photo as landscape pixels and EXIF orientation 6 (turn a
+    quarter clockwise); the COCO entry, like the service and annotation tools, is upright."""
+    stored = np.zeros((10, 20, 3), np.uint8)  # stored landscape: red left half, blue right
+    stored[:, :10, 0] = stored[:, 10:, 2] = 255
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    (tmp_path / "images").mkdir()
+    Image.fromarray(stored).save(tmp_path / "images/photo.jpg", exif=exif, quality=95)
+    path = tmp_path / "annotations.json"
+    path.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "images/photo.jpg", "width": 10, "height": 20}],
+        "annotations": [_annotation(1, 1, 1, [2, 12, 6, 6])],
+        "categories": [{"id": 1, "name": "dog"}],
+    }))
+    dataset = CocoDataset(path, tmp_path, "masks")
+    assert dataset.skipped.total == 0, dataset.skipped.summary()
+    image = dataset[0].image
+    assert image.shape == (20, 10, 3)
+    top, bottom = image[:10].mean(axis=(0, 1)), image[10:].mean(axis=(0, 1))
+    assert top[0] > 200 > top[2] and bottom[2] > 200 > bottom[0], "red on top, blue below"
+    assert dataset[0].masks.shape == (1, 20, 10)
+
+
 def test_a_clean_dataset_logs_nothing(synthetic, caplog):
     root, train = synthetic
     with caplog.at_level(logging.WARNING):
@@ -130,7 +154,7 @@ def test_a_clean_dataset_logs_nothing(synthetic, caplog):
 def test_segmentation_formats_decode_to_the_same_mask():
     mask = np.zeros((12, 9), bool)
     mask[3:8, 2:6] = True
-    compressed = encode_mask(mask)["segmentation"]
+    compressed = coco_mask_fields(mask)["segmentation"]
     assert isinstance(compressed["counts"], str)
     # column-major runs: 2 empty columns + 3 rows, then 4 columns of 5 ones and 7 zeros
     uncompressed = {"size": [12, 9], "counts": [27, 5, 7, 5, 7, 5, 7, 5, 40]}
@@ -143,10 +167,10 @@ def test_segmentation_formats_decode_to_the_same_mask():
         decode_segmentation("nonsense", 12, 9)
 
 
-def test_encode_mask_area_and_bbox():
+def test_coco_mask_fields_area_and_bbox():
     mask = np.zeros((10, 10), bool)
     mask[1:4, 5:9] = True
-    fields = encode_mask(mask)
+    fields = coco_mask_fields(mask)
     assert fields["area"] == 12
     assert fields["bbox"] == [5, 1, 4, 3]
 

@@ -11,6 +11,7 @@ from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from models.rle import encode_mask, rle_area, rle_box
 from training.evaluate import (
     AssistQuality,
     InstanceSegEvaluator,
@@ -28,11 +29,6 @@ def rect(y0: int, x0: int, y1: int, x1: int, size: tuple[int, int] = (32, 32)) -
     mask = np.zeros(size, dtype=bool)
     mask[y0:y1, x0:x1] = True
     return mask
-
-
-def encode(mask: np.ndarray) -> dict:
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": rle["size"], "counts": rle["counts"].decode("ascii")}
 
 
 def run(images, class_names=("a", "b"), thresholds=THRESHOLDS) -> dict:
@@ -161,8 +157,8 @@ def test_rle_bool_and_uncompressed_masks_agree() -> None:
             value, run_length = pixel, 1
     counts.append(run_length)
     as_arrays = run([([(0, A), (0, B)], [(0, 0.9, HALF_A), (0, 0.5, B)])])
-    as_rles = run([([(0, encode(A)), (0, {"size": [32, 32], "counts": counts})],
-                    [(0, 0.9, encode(HALF_A)), (0, 0.5, encode(B))])])  # fmt: skip
+    as_rles = run([([(0, encode_mask(A)), (0, {"size": [32, 32], "counts": counts})],
+                    [(0, 0.9, encode_mask(HALF_A)), (0, 0.5, encode_mask(B))])])  # fmt: skip
     assert as_arrays == as_rles
     assert as_arrays["per_class"]["a"]["ABO"] == 0.75
 
@@ -356,20 +352,20 @@ def coco_dataset(images, num_classes: int) -> tuple[dict, list[dict]]:
     for image_id, (gt, predictions) in enumerate(images, start=1):
         dataset["images"].append({"id": image_id, "height": 32, "width": 32})
         for label, mask in gt:
-            rle = encode(mask)
+            rle = encode_mask(mask)
             dataset["annotations"].append({
                 "id": len(dataset["annotations"]) + 1,
                 "image_id": image_id,
                 "category_id": label + 1,
                 "segmentation": rle,
-                "area": float(mask_utils.area(rle)),
-                "bbox": list(mask_utils.toBbox(rle)),
+                "area": rle_area(rle),
+                "bbox": rle_box(rle),
                 "iscrowd": 0,
             })  # fmt: skip
         for label, score, mask in predictions:
             results.append({
                 "image_id": image_id, "category_id": label + 1, "score": score,
-                "segmentation": encode(mask),
+                "segmentation": encode_mask(mask),
             })  # fmt: skip
     return dataset, results
 
@@ -427,9 +423,9 @@ def write_coco_files(tmp_path: Path, results) -> tuple[Path, Path]:
         "annotations": [
             {"id": 1, "image_id": 7, "category_id": 3, "segmentation": square,
              "area": 100.0, "bbox": [0, 0, 10, 10], "iscrowd": 0},
-            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": encode(B),
+            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": encode_mask(B),
              "area": 100.0, "bbox": [20, 20, 10, 10], "iscrowd": 0},
-            {"id": 3, "image_id": 9, "category_id": 1, "segmentation": encode(A),
+            {"id": 3, "image_id": 9, "category_id": 1, "segmentation": encode_mask(A),
              "area": 100.0, "bbox": [0, 0, 10, 10], "iscrowd": 1},
         ],
     }  # fmt: skip
@@ -444,10 +440,10 @@ def test_evaluate_coco_files(tmp_path: Path) -> None:
         mask_utils.frPyObjects([[0, 0, 10, 0, 10, 10, 0, 10]], 32, 32)[0]
     ).astype(bool)
     results = [
-        {"image_id": 7, "category_id": 3, "score": 0.9, "segmentation": encode(polygon_mask)},
-        {"image_id": 7, "category_id": 1, "score": 0.8, "segmentation": encode(B)},
+        {"image_id": 7, "category_id": 3, "score": 0.9, "segmentation": encode_mask(polygon_mask)},
+        {"image_id": 7, "category_id": 1, "score": 0.8, "segmentation": encode_mask(B)},
         # On the crowd region: crowd is not ground truth here, so this is a false positive.
-        {"image_id": 9, "category_id": 1, "score": 0.95, "segmentation": encode(A)},
+        {"image_id": 9, "category_id": 1, "score": 0.95, "segmentation": encode_mask(A)},
     ]
     metrics = evaluate_coco_files(*write_coco_files(tmp_path, results))
     assert list(metrics["per_class"]) == ["dog", "cat"]  # categories sorted by id
@@ -470,9 +466,9 @@ def test_evaluate_coco_files(tmp_path: Path) -> None:
     ("results", "message"),
     [
         ({"image_id": 7}, "must be a JSON list"),
-        ([{"image_id": 8, "category_id": 1, "score": 1.0, "segmentation": encode(A)}],
+        ([{"image_id": 8, "category_id": 1, "score": 1.0, "segmentation": encode_mask(A)}],
          "unknown image_id 8"),
-        ([{"image_id": 7, "category_id": 2, "score": 1.0, "segmentation": encode(A)}],
+        ([{"image_id": 7, "category_id": 2, "score": 1.0, "segmentation": encode_mask(A)}],
          "unknown category_id 2"),
         ([{"image_id": 7, "category_id": 1, "score": 1.0, "segmentation": [[0, 0, 1, 1]]}],
          "must be an RLE"),

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 import training.proposal_cache as proposal_cache
-from models.proposals import ProposalSettings
+from models.proposals import ProposalSettings, proposal_key
 from training.data.synthetic import render_scene
-from training.proposal_cache import ProposalCache, proposal_key
+from training.proposal_cache import DiskProposalCache
 
 SETTINGS = ProposalSettings(max_proposals=10)
 
@@ -30,8 +30,8 @@ def calls(monkeypatch):
 
 
 def test_second_get_reads_the_cache(tmp_path, image, calls):
-    first = ProposalCache(tmp_path, SETTINGS).get(image)
-    again = ProposalCache(tmp_path, SETTINGS).get(image)  # a new process, the same folder
+    first = DiskProposalCache(tmp_path, SETTINGS).get(image)
+    again = DiskProposalCache(tmp_path, SETTINGS).get(image)  # a new process, the same folder
     assert len(calls) == 1
     assert first.dtype == torch.bool and first.shape[1:] == image.shape[:2]
     assert torch.equal(first, again)
@@ -53,9 +53,9 @@ def test_settings_boxes_and_image_change_the_key(image):
 
 def test_boxes_and_settings_are_cached_apart(tmp_path, image, calls):
     boxes = np.array([[4.0, 4.0, 30.0, 30.0]])
-    plain = ProposalCache(tmp_path, SETTINGS).get(image)
-    with_boxes = ProposalCache(tmp_path, SETTINGS).get(image, boxes)
-    fewer = ProposalCache(tmp_path, ProposalSettings(max_proposals=2)).get(image)
+    plain = DiskProposalCache(tmp_path, SETTINGS).get(image)
+    with_boxes = DiskProposalCache(tmp_path, SETTINGS).get(image, boxes)
+    fewer = DiskProposalCache(tmp_path, ProposalSettings(max_proposals=2)).get(image)
     assert len(calls) == 3
     assert len(with_boxes) > len(plain) >= len(fewer)
 
@@ -69,7 +69,7 @@ def test_boxes_and_settings_are_cached_apart(tmp_path, image, calls):
     ids=["garbage", "truncated"],
 )
 def test_a_damaged_entry_is_recomputed(tmp_path, image, calls, damage):
-    cache = ProposalCache(tmp_path, SETTINGS)
+    cache = DiskProposalCache(tmp_path, SETTINGS)
     expected = cache.get(image)
     path = cache.path(proposal_key(image, None, SETTINGS))
     path.write_bytes(damage(path.read_bytes()))

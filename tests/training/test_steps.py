@@ -17,7 +17,7 @@ from models.structures import InstanceSet
 from training.config import TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import generate_dataset
-from training.proposal_cache import ProposalCache
+from training.proposal_cache import DiskProposalCache
 from training.run import prepare_items
 from training.steps import (
     annotation_loss,
@@ -37,7 +37,7 @@ def setting(request, tmp_path_factory):
     train_json, _ = generate_dataset(root, n=3, size=48, seed=1, val_fraction=0.34)
     dataset = CocoDataset(train_json, root, request.param)
     settings = ProposalSettings(max_proposals=CONFIG.max_proposals)
-    cache = ProposalCache(Path(tmp_path_factory.mktemp("proposals")), settings)
+    cache = DiskProposalCache(Path(tmp_path_factory.mktemp("proposals")), settings)
     items = prepare_items(dataset, [0, 1], cache, CONDITIONAL, CONFIG.image_size, False)
     torch.manual_seed(0)
     bundle = build_bundle(

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 
+from models.rle import decode_mask, encode_mask, rle_area, rle_box
 from training.data.dataset import (
     InstanceDataset,
     Instances,
     SkipReport,
     Supervision,
     check_supervision,
+    verified_size,
 )
 
 _REQUIRED_KEYS: dict[str, tuple[str, ...]] = {
@@ -37,29 +38,21 @@ _BOX_TOLERANCE = 1.0  # pixels a box may stick out of the image (rounding in exp
 _CHECK_WORKERS = 8
 
 
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
+def coco_mask_fields(mask: np.ndarray) -> dict[str, Any]:
     """COCO fields of a bool[H, W] mask: RLE `segmentation` (counts as str), `area`, `bbox`."""
-    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {
-        "segmentation": {"size": [int(s) for s in rle["size"]], "counts": rle["counts"].decode()},
-        "area": float(mask_utils.area(rle)),
-        "bbox": [float(v) for v in mask_utils.toBbox(rle)],
-    }
+    rle = encode_mask(mask)
+    return {"segmentation": rle, "area": rle_area(rle), "bbox": rle_box(rle)}
 
 
 def decode_segmentation(segmentation: Any, height: int, width: int) -> np.ndarray:
     """bool[height, width] mask of a COCO segmentation: polygons, uncompressed or compressed RLE."""
     if isinstance(segmentation, list):  # polygons: a list of flat [x0, y0, x1, y1, ...] lists
-        rle = mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
-    elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-        rle = mask_utils.frPyObjects(segmentation, height, width)
-    elif isinstance(segmentation, dict) and "counts" in segmentation:
-        counts = segmentation["counts"]
-        rle = {"size": list(segmentation["size"]),
-               "counts": counts.encode() if isinstance(counts, str) else counts}
-    else:
-        raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
-    return mask_utils.decode(rle).astype(bool)
+        return mask_utils.decode(
+            mask_utils.merge(mask_utils.frPyObjects(segmentation, height, width))
+        ).astype(bool)
+    if isinstance(segmentation, dict) and "counts" in segmentation:
+        return decode_mask(segmentation)
+    raise ValueError(f"unsupported COCO segmentation of type {type(segmentation).__name__}")
 
 
 def _require_keys(data: dict, annotation_file: Path) -> None:
@@ -88,9 +81,7 @@ def _check_image(path: Path, width: int, height: int) -> str | None:
     if not path.is_file():
         return "missing_image"
     try:
-        with Image.open(path) as image:
-            size = image.size
-            image.verify()
+        size = verified_size(path)
     except Exception:  # PIL raises many types for a broken file; all mean "unreadable"
         return "unreadable_image"
     return None if size == (width, height) else "image_size_mismatch"

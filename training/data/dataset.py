@@ -14,6 +14,8 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image
 
+from models.orientation import upright, upright_size
+
 Supervision = Literal["tags", "boxes", "masks"]
 SUPERVISION_MODES: tuple[str, ...] = get_args(Supervision)
 
@@ -120,10 +122,19 @@ class SkipReport:
             logger.warning("%s: skipped %d item(s): %s", source, self.total, self.summary())
 
 
-def load_rgb(path: Path) -> np.ndarray:
-    """uint8[H, W, 3] RGB pixels of an image file."""
+def verified_size(path: Path) -> tuple[int, int]:
+    """(width, height) of an image file, upright (`models.orientation.upright_size`), once PIL has
+    checked the file; a broken file raises (PIL raises many types)."""
     with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
+        image.verify()
+    with Image.open(path) as image:  # verify() leaves the image unusable
+        return upright_size(image)
+
+
+def load_rgb(path: Path) -> np.ndarray:
+    """uint8[H, W, 3] RGB pixels of an image file, upright (`models.orientation.upright`)."""
+    with Image.open(path) as image:
+        return np.asarray(upright(image).convert("RGB"))
 
 
 class InstanceDataset:

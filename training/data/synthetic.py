@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from training.data.coco import encode_mask
+from training.data.coco import coco_mask_fields
 
 CLASSES: list[str] = ["disc", "square", "triangle", "star", "ring", "cross"]
 
@@ -244,7 +244,7 @@ def generate_dataset(
             annotation_id += 1
             split["annotations"].append(
                 {"id": annotation_id, "image_id": image_id, "category_id": label,
-                 "iscrowd": 0, **encode_mask(mask)}
+                 "iscrowd": 0, **coco_mask_fields(mask)}
             )
     paths = (out / "train.json", out / "val.json")
     for path, name in zip(paths, ("train", "val"), strict=True):

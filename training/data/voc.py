@@ -24,6 +24,7 @@ from training.data.dataset import (
     Supervision,
     boxes_from_masks,
     check_supervision,
+    verified_size,
 )
 
 VOC_CLASSES: list[str] = [
@@ -132,9 +133,7 @@ class VocDataset(InstanceDataset):
         if not image_path.is_file():
             return "missing_image"
         try:
-            with Image.open(image_path) as image:
-                width, height = image.size
-                image.verify()
+            width, height = verified_size(image_path)
         except Exception:  # any decoder failure means the file is unusable
             return "unreadable_image"
         try:

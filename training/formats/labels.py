@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from training.data.coco import decode_segmentation, encode_mask
+from models.rle import encode_mask, rle_box
+from training.data.coco import coco_mask_fields, decode_segmentation
 from training.formats.polygons import coco_polygons
 
 
@@ -37,7 +37,7 @@ class Instance:
     @classmethod
     def from_mask(cls, label: str, mask: np.ndarray, score: float | None = None) -> "Instance":
         """An instance of a bool[H, W] mask; its box is the mask's tight box."""
-        return cls(label=label, rle=encode_mask(mask)["segmentation"], score=score)
+        return cls(label=label, rle=encode_mask(mask), score=score)
 
     def mask(self) -> np.ndarray | None:
         """bool[H, W], or None for a box without a mask."""
@@ -52,7 +52,7 @@ class Instance:
             return self.bbox
         if self.rle is None:
             return None
-        x, y, w, h = mask_utils.toBbox(_binary_rle(self.rle)).tolist()
+        x, y, w, h = rle_box(self.rle)
         return (x, y, x + w, y + h)
 
 
@@ -88,12 +88,6 @@ class LabelSet:
             raise ValueError(
                 f"unknown class {name!r}; known classes: {', '.join(self.classes)}"
             ) from None
-
-
-def _binary_rle(rle: dict) -> dict:
-    counts = rle["counts"]
-    encoded = counts.encode() if isinstance(counts, str) else counts
-    return {"size": list(rle["size"]), "counts": encoded}
 
 
 def read_coco(path: Path, reference: Path | None = None) -> LabelSet:
@@ -166,7 +160,7 @@ def labels_from_coco(data: dict, source: str = "the COCO file") -> LabelSet:
         if segmentation is not None:
             height, width = sizes[image_id]
             try:
-                rle = encode_mask(decode_segmentation(segmentation, height, width))["segmentation"]
+                rle = encode_mask(decode_segmentation(segmentation, height, width))
             except (ValueError, TypeError, KeyError) as error:
                 raise ValueError(f"{where}: unreadable segmentation ({error})") from None
         box = None
@@ -201,7 +195,7 @@ def to_coco(labels: LabelSet, *, polygons: bool = False) -> dict:
                            "category_id": labels.class_id(instance.label)}
             mask = instance.mask()
             if mask is not None:
-                fields = encode_mask(mask)
+                fields = coco_mask_fields(mask)
                 if polygons:
                     fields["segmentation"] = coco_polygons(mask)
                 entry.update(fields)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from models.orientation import upright_size
 from training.formats.labels import ImageLabels, Instance, LabelSet, ordered_classes
 
 TAG_COLUMNS = ("file", "tags")
@@ -76,7 +77,7 @@ def _image_size(folder: Path, file_name: str) -> tuple[int, int]:
         raise ValueError(f"image {file_name!r} is not inside the images folder")
     try:
         with Image.open(path) as image:
-            return image.size
+            return upright_size(image)
     except FileNotFoundError:
         raise ValueError(f"image {file_name!r} is not in the images folder") from None
     except (OSError, ValueError):

@@ -19,13 +19,12 @@ from contextlib import contextmanager
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
-from pydantic import BaseModel, Field
 
-from service.api.deps import SEED_LIMIT, AppSettings
+from service.api.deps import SEED_LIMIT, AppSettings, error_responses
 from service.core.config import Settings
 from service.errors import ApiError
 from service.jobs.backend import JobBackend, JobNotFinished
-from service.jobs.model import JobRecord, JobSpec, LabelOptions, is_job_id
+from service.jobs.record import JobRecord, JobSpec, LabelOptions, is_job_id
 from service.jobs.staging import (
     StagingError,
     StagingLimits,
@@ -36,7 +35,14 @@ from service.jobs.staging import (
     stage_uploads,
 )
 from service.jobs.state import JobBackendUnavailable
-from service.schemas import ErrorResponse, JsonFieldError, LabelStudioExport, parse_json
+from service.schemas import (
+    ImageFailure,
+    JobStatus,
+    JsonFieldError,
+    LabelStudioExport,
+    Progress,
+    parse_json,
+)
 from training.formats import (
     EXPORT_FORMATS,
     IMPORT_FORMATS,
@@ -51,35 +57,8 @@ from training.formats.labelstudio import import_tasks
 router = APIRouter(tags=["jobs"])
 
 RETRY_AFTER_S = 5
-ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 404, 409, 413, 422, 503)}
+JOB_ERRORS = error_responses(400, 401, 404, 409, 413, 422, 503)
 ResultFormat = Literal[EXPORT_FORMATS]
-
-
-class Progress(BaseModel):
-    done: int = Field(description="images finished (labeled or failed)")
-    total: int
-
-
-class ImageFailure(BaseModel):
-    index: int = Field(description="position of the image in the job")
-    image_id: int
-    file_name: str
-    error: str
-
-
-class JobStatus(BaseModel):
-    id: str
-    state: Literal["queued", "running", "succeeded", "failed", "cancelled"]
-    progress: Progress
-    errors: list[ImageFailure] = Field(description="images that could not be labeled")
-    created_at: float
-    started_at: float | None = None
-    finished_at: float | None = None
-    fetched_at: float | None = Field(None, description="first download of the result")
-    expires_at: float | None = Field(
-        None, description="when the job and its result are deleted (unix time)"
-    )
-    result: str | None = Field(None, description="URL of the result, once the job finished")
 
 
 def get_jobs(request: Request) -> JobBackend:
@@ -150,7 +129,7 @@ def _found(jobs: JobBackend, job_id: str) -> tuple[JobRecord, JobSpec]:
     return found
 
 
-@router.post("/jobs", status_code=202, response_model=JobStatus, responses=ERRORS)
+@router.post("/jobs", status_code=202, response_model=JobStatus, responses=JOB_ERRORS)
 def create_job(
     request: Request,
     response: Response,
@@ -222,7 +201,7 @@ def create_job(
     return _status(request, record, spec)
 
 
-@router.get("/jobs/{job_id}", response_model=JobStatus, responses=ERRORS, name="job_status")
+@router.get("/jobs/{job_id}", response_model=JobStatus, responses=JOB_ERRORS, name="job_status")
 def job_status(request: Request, jobs: Jobs, job_id: str) -> JobStatus:
     """State, progress {done, total} and the images that failed."""
     with _backend_errors():
@@ -232,7 +211,7 @@ def job_status(request: Request, jobs: Jobs, job_id: str) -> JobStatus:
 
 @router.get(
     "/jobs/{job_id}/result",
-    responses={200: {"content": {"application/zip": {}, "application/xml": {}}}, **ERRORS},
+    responses={200: {"content": {"application/zip": {}, "application/xml": {}}}, **JOB_ERRORS},
     name="job_result",
     response_model=None,
 )
@@ -272,7 +251,7 @@ def job_result(
 
 
 @router.delete(
-    "/jobs/{job_id}", response_model=JobStatus, responses={204: {}, **ERRORS}
+    "/jobs/{job_id}", response_model=JobStatus, responses={204: {}, **JOB_ERRORS}
 )
 def cancel_job(request: Request, jobs: Jobs, job_id: str) -> JobStatus | Response:
     """Cancel a queued or running job (200, state "cancelled": chunks not yet run never run,

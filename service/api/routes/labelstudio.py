@@ -9,8 +9,7 @@ from typing import Annotated
 from fastapi import APIRouter, Request
 from starlette.concurrency import run_in_threadpool
 
-from service.api.deps import AppSettings, Model, json_body, json_body_docs
-from service.api.routes.segment import ERRORS
+from service.api.deps import ERRORS, AppSettings, Model, json_body, json_body_docs
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.labelstudio import (

@@ -4,8 +4,15 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Response
 
-from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
-from service.api.routes.segment import ERRORS, MODEL_HEADER
+from service.api.deps import (
+    ERRORS,
+    MODEL_HEADER,
+    SEED_LIMIT,
+    AppSettings,
+    Model,
+    UploadedImage,
+    check_k,
+)
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.runtime import diversity
@@ -47,8 +54,7 @@ async def pseudo_labels(
     tags, boxes = tags or None, boxes or None  # an empty form field counts as absent
     if (tags is None) == (boxes is None):
         raise ApiError(422, "give exactly one of the form fields tags or boxes")
-    if k > settings.max_k:
-        raise ApiError(422, f"k must be at most {settings.max_k}, got {k}")
+    check_k(k, settings)
     tag_list = None if tags is None else parse_json(TagHints, tags, "tags")
     box_list = None if boxes is None else parse_json(BoxHints, boxes, "boxes")
     if box_list is not None and len(box_list) > settings.max_boxes:

@@ -4,11 +4,18 @@ from typing import Annotated
 
 import numpy as np
 from fastapi import APIRouter, Form, Response
-from pycocotools import mask as mask_utils
 
 from models.refinement import PointPrompt
-from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
-from service.api.routes.segment import ERRORS, MODEL_HEADER
+from models.rle import decode_mask
+from service.api.deps import (
+    ERRORS,
+    MODEL_HEADER,
+    SEED_LIMIT,
+    AppSettings,
+    Model,
+    UploadedImage,
+    check_k,
+)
 from service.errors import ApiError
 from service.imaging import megapixels
 from service.schemas import (
@@ -34,7 +41,7 @@ def _current_mask(text: str, image_size: tuple[int, int]) -> np.ndarray:
             422, f"mask size {rle.size} differs from the image's [height, width] "
             f"{list(image_size)}"
         )
-    return mask_utils.decode({"size": rle.size, "counts": rle.counts.encode()}).astype(bool)
+    return decode_mask(rle.model_dump())
 
 
 @router.post("/refine", response_model=RefineResponse, responses=ERRORS)
@@ -70,8 +77,7 @@ async def refine(
     (at least one positive point or a box is needed). Scored by the conditional network."""
     # An empty form field counts as absent.
     label, mask = label or None, mask or None
-    if k > settings.max_k:
-        raise ApiError(422, f"k must be at most {settings.max_k}, got {k}")
+    check_k(k, settings)
     image_size = image.shape[:2]
     points_in = parse_json(PointHints, positive, "positive") if positive else []
     points_out = parse_json(PointHints, negative, "negative") if negative else []

@@ -4,18 +4,13 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, Response
 
-from service.api.deps import Model, UploadedImage
+from service.api.deps import ERRORS, MODEL_HEADER, Model, UploadedImage
 from service.errors import ApiError
 from service.imaging import megapixels, overlay_png
-from service.schemas import ErrorResponse, SegmentResponse, encode_instances
+from service.schemas import SegmentResponse, encode_instances
 
 router = APIRouter(tags=["segment"])
 
-MODEL_HEADER = "X-Discoseg-Model"
-ERRORS = {
-    status: {"model": ErrorResponse}
-    for status in (400, 401, 413, 415, 422, 503)
-}
 _THRESHOLD = "keep instances with at least this score (form field or query parameter)"
 _MAX = "keep at most this many instances, best first (form field or query parameter)"
 
