@@ -59,7 +59,7 @@ def run_job(backend: CeleryBackend, images: list[bytes], options: LabelOptions) 
     job_id = backend.new_job_id()
     uploads = [Upload(f"{i}.png", io.BytesIO(data)) for i, data in enumerate(images)]
     items = stage_uploads(backend.store.input_dir(job_id), uploads, hints_mode=options.hints,
-                          image_hints={}, limits=StagingLimits(len(images), 10**8))
+                          image_hints={}, limits=StagingLimits(len(images), 10**8, 10**10))
     start = time.perf_counter()
     backend.submit(job_id, items, options)
     while True:
