@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from models.structures import InstanceSet
+from models.working_frame import FramedInstances, framed
 
 MODEL_FIELD = Field(
     description="the model version that produced the result: bundle file stem + short hash",
@@ -430,23 +431,23 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def encode_instances(instances: InstanceSet, classes: list[str]) -> list[Instance]:
-    """Response instances of an InstanceSet (class ids 1..C name `classes`); each bbox is the
-    tight box of its mask."""
-    if len(instances) == 0:
-        return []
-    masks = instances.masks.cpu().numpy()  # (N, H, W)
-    rles = mask_utils.encode(np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8)))
-    rows = zip(
-        rles, instances.labels.tolist(), instances.scores.tolist(), instances.boxes.tolist(),
-        strict=True,
-    )
-    return [
-        Instance(
+def encode_instances(
+    instances: InstanceSet | FramedInstances, classes: list[str]
+) -> list[Instance]:
+    """Response instances (class ids 1..C name `classes`) at the image's size, one mask at a
+    time; each bbox is the tight box of its mask."""
+    instances = framed(instances)
+    encoded = []
+    masks = instances.masks(column_major=True)
+    rows = zip(masks, instances.labels.tolist(), instances.scores.tolist(), strict=True)
+    for mask, label, score in rows:
+        pixels = np.asfortranarray(mask.numpy().view(np.uint8)[:, :, None])
+        rle = mask_utils.encode(pixels)[0]
+        x, y, width, height = mask_utils.toBbox(rle).tolist()
+        encoded.append(Instance(
             label=classes[label - 1],
             score=round(score, 6),
-            bbox=[round(v, 2) for v in box],
+            bbox=[round(v, 2) for v in (x, y, x + width, y + height)],
             mask=RleMask(size=[int(v) for v in rle["size"]], counts=rle["counts"].decode("ascii")),
-        )
-        for rle, label, score, box in rows
-    ]
+        ))
+    return encoded

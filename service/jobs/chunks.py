@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from models.structures import InstanceSet
+from models.working_frame import FramedInstances, framed
 from service.imaging import decode_image
 from service.jobs.model import ImageItem, JobState, LabelOptions
 from service.jobs.staging import image_path
@@ -162,14 +164,15 @@ def _without_server_folders(context: ChunkContext, message: str) -> str:
     return message
 
 
-def coco_annotations(instances, image_id: int) -> list[dict]:
-    """COCO annotations (RLE masks, a score each, no ids) of one image's instances: a
-    runtime Prediction (numpy) or an InstanceSet (tensors)."""
-    masks = np.asarray(instances.masks, dtype=bool)  # (N, H, W)
+def coco_annotations(instances: InstanceSet | FramedInstances, image_id: int) -> list[dict]:
+    """COCO annotations (RLE masks, a score each, no ids) of one image's instances, at the
+    image's size, one mask at a time."""
+    instances = framed(instances)
+    masks = instances.masks(column_major=True)
     labels = instances.labels.tolist()
     scores = instances.scores.tolist()
     return [
         {"image_id": image_id, "category_id": int(label), "score": float(score), "iscrowd": 0,
-         **encode_mask(mask)}
+         **encode_mask(mask.numpy())}
         for mask, label, score in zip(masks, labels, scores, strict=True)
     ]

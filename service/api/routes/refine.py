@@ -10,7 +10,6 @@ from models.refinement import PointPrompt
 from service.api.deps import SEED_LIMIT, AppSettings, Model, UploadedImage
 from service.api.routes.segment import ERRORS, MODEL_HEADER
 from service.errors import ApiError
-from service.imaging import megapixels
 from service.schemas import (
     MAX_POINTS,
     BoxPrompt,
@@ -96,6 +95,6 @@ async def refine(
             candidates=encode_instances(candidates, runtime.classes),
         )
 
-    result = await runtime.submit(work, operation="refine", units=k * megapixels(image))
+    result = await runtime.submit(work, operation="refine", units=k * runtime.work_units(image))
     response.headers[MODEL_HEADER] = runtime.version
     return result
