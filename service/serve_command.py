@@ -29,6 +29,7 @@ def serve(
 
     from models.bundle import BundleError
     from service.core.config import InvalidSettings, load_settings
+    from service.core.log_config import serve_log_config
     from service.main import create_app
     from service.runtime import DeviceError, ModelRuntime
     from training.errors import fail
@@ -50,5 +51,6 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        log_config=serve_log_config(log_level),
     )
     runtime.close()

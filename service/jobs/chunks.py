@@ -144,7 +144,7 @@ def _label_image(
         return
     annotations = coco_annotations(instances, item.image_id)
     context.store.write_labels(job_id, item, image.shape[:2], annotations)
-    context.states.record_image(job_id, item.index, None)
+    _record(context, job_id, item.index, None)
 
 
 def _record_error(context: ChunkContext, job_id: str, item: ImageItem, error: str) -> None:
@@ -152,7 +152,15 @@ def _record_error(context: ChunkContext, job_id: str, item: ImageItem, error: st
     # repr: client file names may hold line breaks that would forge log lines.
     logger.info("job %s image %d %r: %r", job_id, item.index, item.file_name, error)
     context.store.write_error(job_id, item, error)
-    context.states.record_image(job_id, item.index, error)
+    _record(context, job_id, item.index, error)
+
+
+def _record(context: ChunkContext, job_id: str, index: int, error: str | None) -> None:
+    final = context.states.record_image(job_id, index, error)
+    record = None if final is None else context.states.get(job_id)
+    if record is not None:
+        logger.info("job %s %s: %d images, %d failed", job_id, final, record.total,
+                    len(record.errors))
 
 
 def _without_server_folders(context: ChunkContext, message: str) -> str:
