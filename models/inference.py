@@ -183,7 +183,8 @@ def _completable(blocked: np.ndarray, conflicts: np.ndarray, count: int) -> bool
 
 
 def box_argmax(margins: Tensor, candidates: Candidates, boxes: BoxAnnotation) -> Selection:
-    """Maximum-weight matching of boxes to proposals. margins: FloatTensor[Q, C+1].
+    """Maximum-weight matching of boxes to proposals. margins: FloatTensor[Q, C+1]. The
+    selection lists the boxes in order: its i-th candidate is box i's.
 
     Raises ValueError when no assignment gives every box a distinct proposal that fits it.
     """

@@ -120,11 +120,6 @@ def decode_image(data: bytes, *, max_pixels: int) -> np.ndarray:
     return np.asarray(rgb, dtype=np.uint8).copy()
 
 
-def megapixels(image: np.ndarray) -> float:
-    """Pixels of an [H, W, ...] image, in millions: the work unit of model calls."""
-    return image.shape[0] * image.shape[1] / 1e6
-
-
 def overlay_png(
     image: np.ndarray, masks: np.ndarray, labels: np.ndarray, boxes: np.ndarray
 ) -> bytes:

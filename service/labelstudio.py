@@ -2,9 +2,11 @@
 in Label Studio's result format (training.formats.labelstudio writes the results).
 
 A task's image is its data field named by the config's <Image value="$...">: a data: URL, or a
-URL of the Label Studio server (relative /data/... ones too), fetched with the access token
-that /ls/setup was given (or DISCOSEG_LABEL_STUDIO_URL / _API_KEY). Other hosts are refused, so
-the backend fetches nothing a labelling project could point it at elsewhere.
+URL of the Label Studio server at DISCOSEG_LABEL_STUDIO_URL (relative /data/... ones too),
+fetched with the access token that /ls/setup gave for the project (or
+DISCOSEG_LABEL_STUDIO_API_KEY). Other hosts are refused, the host a /ls/setup call names
+included, so the backend fetches nothing a client or a labelling project could point it at
+elsewhere.
 
 Hints: the interactive context's (or else the task's last annotation's) rectangles are box
 hints, its choices and taxonomy tags, its keypoints clicks (positive unless is_positive is
@@ -25,7 +27,8 @@ import numpy as np
 import torch
 
 from models.refinement import PointPrompt
-from models.structures import InstanceSet
+from models.structures import InstanceSet, mask_boxes
+from models.working_frame import FramedInstances, framed
 from service.imaging import decode_image
 from service.runtime import ModelRuntime
 from training.formats.labelstudio import (
@@ -38,6 +41,7 @@ from training.formats.labelstudio import (
 )
 
 FETCH_TIMEOUT_S = 30
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 class TaskError(ValueError):
@@ -50,6 +54,22 @@ class ImageSource:
 
     base_url: str | None
     token: str | None
+
+
+def same_origin(url: str, other: str | None) -> bool:
+    """Whether two URLs name the same scheme, host and port."""
+    origin = _origin(url)
+    return other is not None and origin is not None and origin == _origin(other)
+
+
+def _origin(url: str) -> tuple[str, str | None, int | None] | None:
+    parts = urllib.parse.urlsplit(url.strip())
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:  # a port that is no number
+        return None
+    return scheme, parts.hostname, port or _DEFAULT_PORTS.get(scheme)
 
 
 @dataclass
@@ -88,8 +108,8 @@ def task_image(task: dict, config: LabelConfig, source: ImageSource, *, max_byte
 def _fetch(url: str, source: ImageSource, max_bytes: int) -> bytes:
     if source.base_url is None:
         raise TaskError(
-            f"cannot fetch {url}: Label Studio's URL is unknown (no /ls/setup yet and no "
-            "DISCOSEG_LABEL_STUDIO_URL)"
+            f"cannot fetch {url}: Label Studio's URL is unknown (set DISCOSEG_LABEL_STUDIO_URL "
+            "on the discoseg server)"
         )
     base = source.base_url.rstrip("/") + "/"
     absolute = urllib.parse.urljoin(base, url)
@@ -149,7 +169,7 @@ def task_operation(hints: TaskHints, known: list[str]) -> str:
 
 
 def predict_task(runtime: ModelRuntime, image: np.ndarray, hints: TaskHints, known: list[str],
-                 k: int) -> list[InstanceSet]:
+                 k: int) -> list[InstanceSet | FramedInstances]:
     """The predictions of one task, best first; TaskError for hints that cannot be used.
 
     known: the hint labels the model has (others were reported and are dropped here).
@@ -173,33 +193,34 @@ def predict_task(runtime: ModelRuntime, image: np.ndarray, hints: TaskHints, kno
     return [runtime.segment(image)]
 
 
-def prediction(instances: InstanceSet, config: LabelConfig, classes: list[str],
-               model_version: str) -> dict:
+def prediction(instances: InstanceSet | FramedInstances, config: LabelConfig,
+               classes: list[str], model_version: str) -> dict:
     """One Label Studio prediction: each instance as a brush mask (BrushLabels), polygons
-    (PolygonLabels) and/or a rectangle (RectangleLabels only), by the config's controls; a
-    class the config does not list is left out. score: the mean instance score."""
+    (PolygonLabels) and/or a rectangle (RectangleLabels only), by the config's controls, at the
+    image's size; a class the config does not list is left out. score: the mean instance
+    score."""
     brush, polygon = config.control("BrushLabels"), config.control("PolygonLabels")
     rectangle = config.control("RectangleLabels")
+    instances = framed(instances)
     results: list[dict] = []
     scores = []
-    masks = instances.masks.numpy()
-    boxes = instances.boxes.tolist()
-    for index, (label_id, score) in enumerate(
-        zip(instances.labels.tolist(), instances.scores.tolist(), strict=True)
-    ):
+    rows = zip(instances.masks(), instances.labels.tolist(), instances.scores.tolist(),
+               strict=True)
+    for index, (mask_tensor, label_id, score) in enumerate(rows):
         label = classes[label_id - 1]
         result_id = f"discoseg-{index}"
+        mask = mask_tensor.numpy()
         emitted = False
         if brush is not None and label in brush.labels:
-            results.append(brush_result(brush, label, masks[index], result_id, score))
+            results.append(brush_result(brush, label, mask, result_id, score))
             emitted = True
         if polygon is not None and label in polygon.labels:
-            results.extend(polygon_results(polygon, label, masks[index], f"{result_id}-p", score))
+            results.extend(polygon_results(polygon, label, mask, f"{result_id}-p", score))
             emitted = True
         if brush is None and polygon is None and rectangle is not None \
                 and label in rectangle.labels:
-            results.append(rectangle_result(rectangle, label, boxes[index], masks.shape[1:],
-                                            result_id, score))
+            box = mask_boxes(mask_tensor[None])[0].tolist()
+            results.append(rectangle_result(rectangle, label, box, mask.shape, result_id, score))
             emitted = True
         if emitted:
             scores.append(score)

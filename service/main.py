@@ -7,6 +7,7 @@ Run with `discoseg serve --model BUNDLE`, or `uvicorn --factory service.main:cre
 (settings from DISCOSEG_* environment variables).
 """
 
+import logging
 import math
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -33,6 +34,8 @@ from service.errors import install_error_handlers
 from service.jobs import create_backend
 from service.metrics import Metrics, MetricsMiddleware
 from service.runtime import ModelRuntime
+
+logger = logging.getLogger(__name__)
 
 # Room for the form fields and multipart framing that travel with the files; the whole body
 # of a route without files.
@@ -70,6 +73,9 @@ def create_app(settings: Settings | None = None, *, runtime: ModelRuntime | None
             stack.callback(backend.stop)
             stack.callback(setattr, app.state, "jobs", None)
             app.state.jobs = backend
+            served = app.state.runtime
+            logger.info("serving model %s on %s; batch jobs on the %s backend",
+                        served.version, served.device, backend.name)
             yield
 
     # FastAPIOffline serves Swagger UI (/docs) and ReDoc (/redoc) from files in its package

@@ -4,7 +4,8 @@ Model calls run in one dedicated worker thread, never on the event loop. A call 
 only while fewer than `max_inflight` calls are queued or running; beyond that `submit` raises
 `Overloaded` at once (the API answers 503 + Retry-After) instead of queueing without bound.
 Retry-After is the expected time until the calls queued and running are done, each expected
-from its operation's measured seconds per unit of work (e.g. megapixels times samples).
+from its operation's measured seconds per unit of work (megapixels of the image's working copy
+times samples: the networks see every image at most at the bundle's working size).
 One thread, because on a CPU the networks already use every core through torch's intra-op
 threads, and on a GPU calls serialise on the device anyway.
 
@@ -36,6 +37,7 @@ from models.proposals import proposal_key, propose
 from models.refinement import PointPrompt, refine
 from models.structures import InstanceSet
 from models.thresholds import SCORE_THRESHOLD
+from models.working_frame import FramedInstances, WorkingFrame
 from service.core.config import Settings
 from service.metrics import Metrics
 
@@ -204,7 +206,7 @@ class ModelRuntime:
     ) -> T:
         """Run `function(*args)` on the model thread; raise Overloaded when the queue is full.
 
-        operation, units: what the call is and how much work it is (e.g. megapixels), from
+        operation, units: what the call is and how much work it is (e.g. `work_units`), from
         which its duration is expected for Retry-After.
         """
         with self._lock:
@@ -252,6 +254,15 @@ class ModelRuntime:
             )
         return instances.subset(torch.arange(len(instances))[:max_instances])
 
+    def frame(self, image: np.ndarray) -> WorkingFrame:
+        """The working frame of an uint8[H, W, 3] image: the size the networks see it at."""
+        return WorkingFrame.fit(image.shape[:2], self.bundle.working_size)
+
+    def work_units(self, image: np.ndarray) -> float:
+        """Megapixels of the image's working copy: what a model call's time grows with."""
+        height, width = self.frame(image).size
+        return height * width / 1e6
+
     def proposals(self, image: np.ndarray, boxes: np.ndarray | None = None) -> torch.Tensor:
         """BoolTensor[P, H, W] segment proposals (box-conditioned with boxes), cached."""
         settings = self.bundle.proposal_settings
@@ -292,26 +303,37 @@ class ModelRuntime:
         boxes: list[dict] | None = None,
         k: int = 10,
         seed: int | None = None,
-    ) -> list[InstanceSet]:
+    ) -> list[FramedInstances]:
         """k samples of the conditional network, each consistent with the hints: an
-        Annotation, or class-name `tags`, or `{"label", "bbox"}` `boxes`. The same seed gives
-        the same samples; no seed, a random one.
+        Annotation, or class-name `tags`, or `{"label", "bbox"}` `boxes`, in image pixels. The
+        same seed gives the same samples; no seed, a random one. The network works on the
+        image's working copy (`frame`); the samples' masks come at the image's size one at a
+        time (models.working_frame).
 
         Raises ValueError for invalid hints and InconsistentHints (a ValueError) when no
         consistent segmentation exists among the proposals.
         """
         if hints is None:
             hints = self.hints(image.shape[:2], tags=tags, boxes=boxes)
-        box_array = hints.boxes.numpy() if isinstance(hints, BoxAnnotation) else None
-        proposals = self.proposals(image, box_array)
+        frame = self.frame(image)
+        working, working_hints = frame.copy(image), frame.annotation(hints)
+        box_array = (
+            working_hints.boxes.numpy() if isinstance(working_hints, BoxAnnotation) else None
+        )
+        proposals = self.proposals(working, box_array)
         generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         with self.metrics.time_model("sample"):
             try:
-                return self.bundle.conditional.sample(image, proposals, hints, k, generator)
+                samples = self.bundle.conditional.sample(
+                    working, proposals, working_hints, k, generator
+                )
             except ValueError as error:
                 raise InconsistentHints(
                     f"no segmentation consistent with the hints was found: {error}"
                 ) from error
+        if isinstance(hints, BoxAnnotation):
+            return [FramedInstances.of_boxes(sample, frame, hints) for sample in samples]
+        return [FramedInstances(sample, frame) for sample in samples]
 
     def refine(
         self,
@@ -322,11 +344,12 @@ class ModelRuntime:
         label: str | None = None,
         current_mask: np.ndarray | None = None,
         seed: int | None = None,
-    ) -> InstanceSet:
+    ) -> FramedInstances:
         """At most k distinct masks consistent with the prompt's points and box, best first
         (models.refinement), from the conditional network's scores of the image's proposals
         (box-conditioned given a box). label: the object's class name, or None for each mask's
-        best class; current_mask: bool[H, W], the mask being corrected.
+        best class; current_mask: bool[H, W], the mask being corrected. The prompt is in image
+        pixels; the network works on the image's working copy (`frame`).
 
         Raises ValueError for an invalid prompt or label, and InconsistentHints (a ValueError)
         when no consistent mask exists.
@@ -338,22 +361,36 @@ class ModelRuntime:
                 f"image {image.shape[1]}x{image.shape[0]}"
             )
         label_id = None if label is None else tags_from_names([label], self.classes).labels[0]
-        box_array = None if prompt.box is None else prompt.box[None].numpy()
-        proposals = self.proposals(image, box_array)
-        current = None if current_mask is None else torch.from_numpy(current_mask.astype(bool))
+        frame = self.frame(image)
+        working, working_prompt = frame.copy(image), frame.prompt(prompt)
+        try:
+            working_prompt.validate(frame.size)
+        except ValueError as error:  # clicks apart in the image may share a working pixel
+            height, width = frame.size
+            raise InconsistentHints(
+                f"at the model's working resolution ({width}x{height}): {error}"
+            ) from None
+        box_array = None if working_prompt.box is None else working_prompt.box[None].numpy()
+        proposals = self.proposals(working, box_array)
+        current = (
+            None if current_mask is None
+            else frame.mask(torch.from_numpy(current_mask.astype(bool)))
+        )
         generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         with self.metrics.time_model("refine"):
             try:
-                return refine(
-                    self.bundle.conditional, image, proposals, prompt, k,
+                candidates = refine(
+                    self.bundle.conditional, working, proposals, working_prompt, k,
                     label=label_id, current=current, generator=generator,
                 )
             except ValueError as error:
                 raise InconsistentHints(str(error)) from error
+        return FramedInstances.of_prompt(candidates, frame, prompt)
 
 
 def diversity(samples: list[InstanceSet]) -> float:
-    """Mean task loss Δ over the pairs of samples (0 for fewer than two).
+    """Mean task loss Δ over the pairs of samples (0 for fewer than two), at the resolution
+    they were found at.
 
     Samples are often identical (given boxes the noise rarely changes which proposal wins a
     box); Δ is computed once per pair of distinct samples and weighted by their counts.

@@ -20,8 +20,9 @@ from pydantic import (
     model_validator,
 )
 
-from models.rle import encode_masks, rle_runs
+from models.rle import encode_mask, rle_box, rle_runs
 from models.structures import InstanceSet
+from models.working_frame import FramedInstances, framed
 
 MODEL_FIELD = Field(
     description="the model version that produced the result: bundle file stem + short hash",
@@ -429,19 +430,25 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-def encode_instances(instances: InstanceSet, classes: list[str]) -> list[Instance]:
-    """Response instances of an InstanceSet (class ids 1..C name `classes`); each bbox is the
-    tight box of its mask."""
+def encode_instances(
+    instances: InstanceSet | FramedInstances, classes: list[str]
+) -> list[Instance]:
+    """Response instances (class ids 1..C name `classes`) at the image's size, one mask at a
+    time; each bbox is the tight box of its mask."""
+    instances = framed(instances)
     rows = zip(
-        encode_masks(instances.masks.cpu().numpy()), instances.labels.tolist(),
-        instances.scores.tolist(), instances.boxes.tolist(), strict=True,
+        instances.masks(), instances.labels.tolist(), instances.scores.tolist(), strict=True
     )
-    return [
-        Instance(
-            label=classes[label - 1],
-            score=round(score, 6),
-            bbox=[round(v, 2) for v in box],
-            mask=RleMask(**rle),
+    encoded = []
+    for mask, label, score in rows:
+        rle = encode_mask(mask.numpy())
+        x, y, width, height = rle_box(rle)
+        encoded.append(
+            Instance(
+                label=classes[label - 1],
+                score=round(score, 6),
+                bbox=[round(v, 2) for v in (x, y, x + width, y + height)],
+                mask=RleMask(**rle),
+            )
         )
-        for rle, label, score, box in rows
-    ]
+    return encoded

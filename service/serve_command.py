@@ -30,6 +30,7 @@ def serve(
     from models.bundle import BundleError
     from models.devices import DeviceError
     from service.core.config import InvalidSettings, load_settings
+    from service.core.log_config import serve_log_config
     from service.main import create_app
     from service.runtime import ModelRuntime
     from training.errors import fail
@@ -51,5 +52,6 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        log_config=serve_log_config(log_level),
     )
     runtime.close()

@@ -82,11 +82,12 @@ class Settings(BaseSettings):
     # Label Studio ML backend (/ls).
     label_studio_url: str | None = Field(
         default=None,
-        description="Label Studio's URL, to fetch task images it hosts (/data/...) when no "
-        "/ls/setup call has named it",
+        description="Label Studio's URL: the only host task images (/data/...) are fetched "
+        "from; the host a /ls/setup call names is never fetched from",
     )
     label_studio_api_key: SecretStr | None = Field(
-        default=None, description="a Label Studio access token for those image downloads"
+        default=None, description="a Label Studio access token for those image downloads "
+        "(a /ls/setup call's token replaces it for its project)"
     )
     label_studio_events: Path = Field(
         default=Path(".cache/labelstudio/events.jsonl"),

@@ -74,9 +74,12 @@ class JobBackend:
             self.store.write_spec(spec)
             self.states.create(record)
             self.dispatch(spec)
+            self.states.confirm(job_id)
         except BaseException:
             self._forget(job_id)
             raise
+        logger.info("job %s submitted: %d images, hints %s", job_id, spec.total,
+                    options.hints)
         return record
 
     def status(self, job_id: str) -> tuple[JobRecord, JobSpec] | None:
@@ -111,8 +114,10 @@ class JobBackend:
             record = self.states.cancel(job_id)
             if record is not None and record.state == JobState.CANCELLED:
                 self.store.delete_inputs(job_id)
+                logger.info("job %s cancelled", job_id)
                 return record
         self._forget(job_id)
+        logger.info("job %s deleted", job_id)
         return None
 
     def sweep(self) -> int:

@@ -16,6 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
+from models.structures import InstanceSet
+from models.working_frame import FramedInstances, framed
 from service.imaging import decode_image
 from service.jobs.record import ImageItem, JobState, LabelOptions
 from service.jobs.staging import image_path
@@ -142,7 +144,7 @@ def _label_image(
         return
     annotations = coco_annotations(instances, item.image_id)
     context.store.write_labels(job_id, item, image.shape[:2], annotations)
-    context.states.record_image(job_id, item.index, None)
+    _record(context, job_id, item.index, None)
 
 
 def _record_error(context: ChunkContext, job_id: str, item: ImageItem, error: str) -> None:
@@ -150,7 +152,15 @@ def _record_error(context: ChunkContext, job_id: str, item: ImageItem, error: st
     # repr: client file names may hold line breaks that would forge log lines.
     logger.info("job %s image %d %r: %r", job_id, item.index, item.file_name, error)
     context.store.write_error(job_id, item, error)
-    context.states.record_image(job_id, item.index, error)
+    _record(context, job_id, item.index, error)
+
+
+def _record(context: ChunkContext, job_id: str, index: int, error: str | None) -> None:
+    final = context.states.record_image(job_id, index, error)
+    record = None if final is None else context.states.get(job_id)
+    if record is not None:
+        logger.info("job %s %s: %d images, %d failed", job_id, final, record.total,
+                    len(record.errors))
 
 
 def _without_server_folders(context: ChunkContext, message: str) -> str:
@@ -162,14 +172,15 @@ def _without_server_folders(context: ChunkContext, message: str) -> str:
     return message
 
 
-def coco_annotations(instances, image_id: int) -> list[dict]:
-    """COCO annotations (RLE masks, a score each, no ids) of one image's instances: a
-    runtime Prediction (numpy) or an InstanceSet (tensors)."""
-    masks = np.asarray(instances.masks, dtype=bool)  # (N, H, W)
+def coco_annotations(instances: InstanceSet | FramedInstances, image_id: int) -> list[dict]:
+    """COCO annotations (RLE masks, a score each, no ids) of one image's instances, at the
+    image's size, one mask at a time."""
+    instances = framed(instances)
+    masks = instances.masks(column_major=True)
     labels = instances.labels.tolist()
     scores = instances.scores.tolist()
     return [
         {"image_id": image_id, "category_id": int(label), "score": float(score), "iscrowd": 0,
-         **coco_mask_fields(mask)}
+         **coco_mask_fields(mask.numpy())}
         for mask, label, score in zip(masks, labels, scores, strict=True)
     ]

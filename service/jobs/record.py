@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Literal
 
+from models.thresholds import SCORE_THRESHOLD
+
 HintMode = Literal["none", "tags", "boxes"]
 ImageSource = Literal["upload", "data_root"]
 
@@ -58,7 +60,7 @@ class ImageItem:
 @dataclass(frozen=True)
 class LabelOptions:
     hints: HintMode = "none"
-    score_threshold: float = 0.5
+    score_threshold: float = SCORE_THRESHOLD
     max_instances: int = 100
     seed: int = 0
 

@@ -23,12 +23,16 @@ from service.jobs.record import JobRecord, JobState
 from service.jobs.state import JobBackendUnavailable
 
 _PREFIX = "discoseg:job:"
+# A job's state is created expiring: a submission that fails before its chunks are dispatched
+# (and cannot delete it, Redis being away) leaves no hash behind for longer than this.
+SUBMISSION_TTL_S = 3600
 
 # Every script gets the job's keys (_keys: job, done, errors, starts) and expires them together.
 
-# ARGV: index, error ("" for none), now, result ttl.
+# ARGV: index, error ("" for none), now, result ttl. Returns the final state when this call
+# finished the job, else "".
 _RECORD_IMAGE = """
-if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+if redis.call('EXISTS', KEYS[1]) == 0 then return '' end
 redis.call('HSET', KEYS[1], 'active_at', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[1])
 if ARGV[2] ~= '' then redis.call('HSET', KEYS[3], ARGV[1], ARGV[2])
@@ -41,8 +45,9 @@ if (state == 'queued' or state == 'running') and redis.call('SCARD', KEYS[2]) >=
   local expires = tonumber(ARGV[3]) + tonumber(ARGV[4])
   redis.call('HSET', KEYS[1], 'state', final, 'finished_at', ARGV[3], 'expires_at', expires)
   for i = 1, #KEYS do redis.call('EXPIREAT', KEYS[i], math.ceil(expires)) end
+  return final
 end
-return 1
+return ''
 """
 
 # ARGV: from-states (comma separated), to-state, time field, now, result ttl ("" when the new
@@ -86,6 +91,13 @@ if state == 'queued' then
 end
 redis.call('HSET', KEYS[1], 'active_at', ARGV[2])
 return {state, redis.call('HINCRBY', KEYS[4], ARGV[1], 1)}
+"""
+
+# A job that finished already (its chunks ran at once) keeps the expiry of its result.
+_CONFIRM = """
+local state = redis.call('HGET', KEYS[1], 'state')
+if state == 'queued' or state == 'running' then redis.call('PERSIST', KEYS[1]) end
+return 1
 """
 
 # ARGV: now, the active_at the claim was decided on.
@@ -134,6 +146,7 @@ class RedisJobStates:
         self._mark_fetched = client.register_script(_MARK_FETCHED)
         self._start_chunk = client.register_script(_START_CHUNK)
         self._claim_redispatch = client.register_script(_CLAIM_REDISPATCH)
+        self._confirm = client.register_script(_CONFIRM)
 
     @staticmethod
     def _keys(job_id: str) -> list[str]:
@@ -145,7 +158,14 @@ class RedisJobStates:
         fields = {"state": str(record.state), "total": record.total,
                   "created_at": record.created_at,
                   "active_at": record.active_at or record.created_at}
-        self.client.hset(self._keys(record.job_id)[0], mapping=fields)
+        key = self._keys(record.job_id)[0]
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.hset(key, mapping=fields).expire(key, SUBMISSION_TTL_S)
+            pipe.execute()
+
+    @_unavailable_on_redis_error
+    def confirm(self, job_id: str) -> None:
+        self._confirm(keys=self._keys(job_id)[:1])
 
     @_unavailable_on_redis_error
     def get(self, job_id: str) -> JobRecord | None:
@@ -185,10 +205,11 @@ class RedisJobStates:
         return (JobState(state) if state else None), int(starts)
 
     @_unavailable_on_redis_error
-    def record_image(self, job_id: str, index: int, error: str | None) -> None:
-        self._record_image(
+    def record_image(self, job_id: str, index: int, error: str | None) -> JobState | None:
+        final = self._record_image(
             keys=self._keys(job_id), args=[index, error or "", time.time(), self.result_ttl_s]
         )
+        return JobState(final) if final else None
 
     @_unavailable_on_redis_error
     def done_indices(self, job_id: str) -> set[int]:

@@ -24,7 +24,13 @@ class JobBackendUnavailable(RuntimeError):
 
 
 class JobStates(Protocol):
-    def create(self, record: JobRecord) -> None: ...
+    def create(self, record: JobRecord) -> None:
+        """A job being submitted: its state is kept until `confirm`, or for a while only."""
+
+    def confirm(self, job_id: str) -> None:
+        """The job's chunks were dispatched: keep its state until it finishes. A submission
+        that fails before this leaves nothing behind, even when the store could not be
+        told to delete the job then (Redis away)."""
 
     def get(self, job_id: str) -> JobRecord | None: ...
 
@@ -35,8 +41,9 @@ class JobStates(Protocol):
         Returns the state after the call (None for an unknown job) and how often this chunk
         has been started, this time included."""
 
-    def record_image(self, job_id: str, index: int, error: str | None) -> None:
-        """Image `index` is finished (error: why it failed); finishes the job with its last."""
+    def record_image(self, job_id: str, index: int, error: str | None) -> JobState | None:
+        """Image `index` is finished (error: why it failed); finishes the job with its last.
+        Returns the job's final state when this call finished it, else None."""
 
     def done_indices(self, job_id: str) -> set[int]:
         """The indices of the job's finished images."""
@@ -77,6 +84,10 @@ class FileJobStates:
             record.active_at = record.active_at or record.created_at
             self._write(_FileState(record))
 
+    def confirm(self, job_id: str) -> None:
+        """Nothing to do: the state file lives in the job's folder, which a failed submission
+        deletes."""
+
     def get(self, job_id: str) -> JobRecord | None:
         with self._lock:
             found = self._read(job_id)
@@ -101,11 +112,11 @@ class FileJobStates:
             self._write(found)
             return record.state, found.chunk_starts[chunk]
 
-    def record_image(self, job_id: str, index: int, error: str | None) -> None:
+    def record_image(self, job_id: str, index: int, error: str | None) -> JobState | None:
         with self._lock:
             found = self._read(job_id)
             if found is None:
-                return
+                return None
             record = found.record
             found.done.add(index)
             record.errors.pop(index, None)
@@ -113,11 +124,13 @@ class FileJobStates:
                 record.errors[index] = error
             record.done = len(found.done)
             record.active_at = time.time()
-            if record.state in ACTIVE and record.done >= record.total:
+            finished = record.state in ACTIVE and record.done >= record.total
+            if finished:
                 record.state = final_state(record.total, len(record.errors))
                 record.finished_at = record.active_at
                 record.expires_at = record.finished_at + self.result_ttl_s
             self._write(found)
+            return record.state if finished else None
 
     def done_indices(self, job_id: str) -> set[int]:
         with self._lock:

@@ -15,6 +15,7 @@ from pycocotools import mask as mask_utils
 
 from service.main import create_app
 from tests.service.conftest import API_KEY, IMAGE_SIZE, encode, scene_image
+from tests.service.test_big_images import BIG, big_image
 from tests.service.test_page import serve
 from training.formats.cvat import serverless_mask_pixels
 
@@ -105,6 +106,25 @@ def test_the_interactor_answers_a_mask_consistent_with_the_clicks(handlers) -> N
     assert mask[40, 40] == mask[41, 44] == 255 and mask[80, 80] == 0
     assert not mask[:15].any() and not mask[:, 71:].any() and not mask[91:].any()
     assert not mask[:, :10].any()
+
+
+def test_images_beyond_the_working_size_get_masks_of_their_own_size(handlers) -> None:
+    image = base64.b64encode(encode(big_image(5))).decode()
+    height, width = BIG
+    response = handlers.interactor_handler(Context(), Event({
+        "image": image, "pos_points": [[200, 250]], "neg_points": [[330, 400]],
+        "obj_bbox": [[150, 180], [420, 470]]}))
+    assert response.status_code == 200, response.body
+    mask = np.array(json.loads(response.body)["mask"])
+    assert mask.shape == BIG and mask[250, 200] == 255 and mask[400, 330] == 0
+    assert not mask[:180].any() and not mask[:, 420:].any()
+    response = handlers.detector_handler(Context(), Event({"image": image, "threshold": 0.0}))
+    shapes = json.loads(response.body)
+    assert shapes
+    for shape in shapes:
+        x0, y0, x1, y1 = shape["points"]
+        assert 0 <= x0 <= x1 < width and 0 <= y0 <= y1 < height
+        assert len(shape["mask"]) == (x1 - x0 + 1) * (y1 - y0 + 1) + 4
 
 
 def test_bad_requests_and_discoseg_refusals_are_400s_with_the_reason(handlers) -> None:

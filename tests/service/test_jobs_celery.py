@@ -1,8 +1,8 @@
 """Batch jobs on the Celery backend with real `discoseg worker` processes and a real Redis
 (127.0.0.1:6379, databases 11 to 14 only; or a redis-server this module starts): uploads, COCO
 with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, Redis going away
-and coming back, Redis killed in the middle of a job, a worker that cannot load its model, and
-chunks the broker lost."""
+and coming back, Redis killed in the middle of a job, a worker that cannot load its model,
+chunks the broker lost, and a submission that fails half-way."""
 
 import json
 import os
@@ -20,6 +20,9 @@ from kombu.transport.redis import Channel
 
 from service.jobs.backend import MAX_REDISPATCHES
 from service.jobs.celery_backend import CeleryBackend, chunk_of_task_id
+from service.jobs.record import ImageItem, JobRecord, JobState, LabelOptions
+from service.jobs.redis_state import SUBMISSION_TTL_S
+from service.jobs.state import JobBackendUnavailable
 from service.main import create_app
 from service.runtime import ModelRuntime
 from service.worker.app import CHUNK_QUEUE
@@ -443,5 +446,41 @@ def test_lost_chunks_are_dispatched_again_then_failed_with_a_reason(
                 f"the chunk holding this image was lost {MAX_REDISPATCHES + 1} times (the job "
                 "queue failed each time); submit the image again"
             }
+    finally:
+        _clean_db(settings.redis_url)
+
+
+def test_a_submission_failing_half_way_leaves_no_state_behind(
+    redis_base, bundle_path, tmp_path, monkeypatch
+) -> None:
+    settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/11")
+    _clean_db(settings.redis_url)
+    backend = CeleryBackend(settings)
+    db = redis.Redis.from_url(settings.redis_url, decode_responses=True)
+    items = [ImageItem(index=0, image_id=1, file_name="a.png", source="upload", path="a.png")]
+    try:
+        # Redis goes away once the job's state is written: neither can its chunks be sent nor
+        # its state be deleted.
+        def away(*_: object) -> None:
+            raise JobBackendUnavailable("Redis does not answer")
+
+        monkeypatch.setattr(backend, "dispatch_chunks", away)
+        monkeypatch.setattr(backend.states, "delete", away)
+        failed = backend.new_job_id()
+        with pytest.raises(JobBackendUnavailable):
+            backend.submit(failed, items, LabelOptions())
+        assert not backend.store.job_dir(failed).exists()
+        assert 0 < db.ttl(f"discoseg:job:{failed}") <= SUBMISSION_TTL_S  # it expires on its own
+        monkeypatch.undo()
+
+        queued = backend.new_job_id()
+        backend.submit(queued, items, LabelOptions())  # no worker: its chunk waits
+        assert db.ttl(f"discoseg:job:{queued}") == -1  # kept for as long as the job runs
+        # A job that finished before its submission was confirmed keeps its result's expiry.
+        finished = backend.new_job_id()
+        backend.states.create(JobRecord(job_id=finished, state=JobState.QUEUED, total=1))
+        assert backend.states.record_image(finished, 0, None) == JobState.SUCCEEDED
+        backend.states.confirm(finished)
+        assert 0 < db.ttl(f"discoseg:job:{finished}") <= settings.job_result_ttl_s + 1
     finally:
         _clean_db(settings.redis_url)

@@ -168,17 +168,18 @@ def label_studio_host() -> Iterator[tuple[str, list[str]]]:
 
 
 def test_images_hosted_by_label_studio_are_fetched_with_the_setup_token(
-    client, label_studio_host
+    make_client, label_studio_host
 ) -> None:
     host, seen = label_studio_host
-    client.post("/ls/setup", json={"project": "11.1", "schema": BRUSH, "hostname": host,
-                                   "access_token": "secret-token"})
     tasks = [{"id": 1, "data": {"image": "/data/upload/scene.png"}},
              {"id": 2, "data": {"image": f"{host}/data/upload/missing.png"}},
              {"id": 3, "data": {"image": "http://example.invalid/x.png"}},
              {"id": 4, "data": {"image": "data:image/png;base64,@@@"}},
              {"id": 5, "data": {}}]
-    body = predict(client, tasks, project="11.1")
+    with make_client(label_studio_url=host) as client:
+        client.post("/ls/setup", json={"project": "11.1", "schema": BRUSH, "hostname": host,
+                                       "access_token": "secret-token"})
+        body = predict(client, tasks, project="11.1")
     assert len(body["results"][0]) == 1 and body["results"][1:] == [[], [], [], []]
     assert seen == ["Token secret-token", "Token secret-token"]
     warnings = body["warnings"]
@@ -186,6 +187,26 @@ def test_images_hosted_by_label_studio_are_fetched_with_the_setup_token(
     assert warnings[1].startswith("task 3: refusing to fetch http://example.invalid/x.png")
     assert warnings[2].startswith("task 4: the data: image URL is not base64")
     assert warnings[3] == "task 5: the task has no image in data.image"
+
+
+@pytest.mark.parametrize("configured", [None, "http://127.0.0.1:1"])
+def test_setup_never_points_the_backend_at_the_host_it_names(
+    make_client, label_studio_host, configured
+) -> None:
+    host, seen = label_studio_host
+    tasks = [{"id": 1, "data": {"image": "/data/upload/scene.png"}},
+             {"id": 2, "data": {"image": f"{host}/data/upload/scene.png"}}]
+    with make_client(label_studio_url=configured) as client:
+        setup = client.post("/ls/setup", json={"project": "12.1", "schema": BRUSH,
+                                                "hostname": host, "access_token": "secret-token"})
+        assert setup.status_code == 200, setup.text
+        body = predict(client, tasks, project="12.1")
+    assert body["results"] == [[], []] and seen == []
+    if configured is None:
+        assert all("Label Studio's URL is unknown" in w for w in body["warnings"])
+    else:
+        assert body["warnings"][0].startswith("task 1: cannot fetch http://127.0.0.1:1/data/")
+        assert body["warnings"][1].startswith(f"task 2: refusing to fetch {host}/data/")
 
 
 def test_without_a_known_host_a_relative_image_is_a_warning(client) -> None:

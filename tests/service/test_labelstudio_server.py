@@ -115,7 +115,8 @@ def test_label_studio_gets_discoseg_predictions(label_studio, make_settings, run
     }])
     assert hinted.status_code == 201, hinted.text
 
-    app = create_app(make_settings(api_keys=[API_KEY], label_studio_k=3), runtime=runtime)
+    app = create_app(make_settings(api_keys=[API_KEY], label_studio_k=3,
+                                   label_studio_url=label_studio), runtime=runtime)
     with serve(app) as discoseg:
         backend = api.post("/api/ml", json={
             "project": project_id, "url": f"{discoseg}/ls", "title": "discoseg",

@@ -1,6 +1,7 @@
 """`discoseg serve`: bad bundles and devices end with one line and exit code 2; a good bundle
 is served over HTTP."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from service.cli import app
+from tests.service.conftest import encode, scene_image
 
 
 def _serve(*args: str):
@@ -92,3 +94,38 @@ def test_bad_settings_are_one_line_and_exit_2(command, variable, value, message)
     result = CliRunner().invoke(app, command, env={variable: value})
     line = _one_error_line(result)
     assert line.startswith("error: invalid settings: ") and message in line, line
+
+
+@pytest.mark.slow
+def test_serve_logs_start_up_and_jobs_at_info(bundle_path, tmp_path) -> None:
+    port = _free_port()
+    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(bundle_path),
+               "--port", str(port), "--device", "cpu"]
+    env = {**os.environ, "DISCOSEG_JOB_STORE": str(tmp_path / "jobs"),
+           "DISCOSEG_DATA_ROOT": str(tmp_path)}
+    server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    site = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                httpx.get(f"{site}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert server.poll() is None, server.stdout.read().decode()
+                assert time.monotonic() < deadline, "the server did not start within 180 s"
+                time.sleep(0.2)
+        files = [("files", ("scene.png", encode(scene_image(1)), "image/png")),
+                 ("files", ("broken.png", b"not an image", "image/png"))]
+        job_id = httpx.post(f"{site}/v1/jobs", files=files, timeout=30).json()["id"]
+        while httpx.get(f"{site}/v1/jobs/{job_id}", timeout=5).json()["state"] != "succeeded":
+            assert time.monotonic() < deadline + 120, "the job did not finish"
+            time.sleep(0.2)
+    finally:
+        server.terminate()
+        output = server.communicate(timeout=30)[0].decode()
+    info = [line for line in output.splitlines() if line.startswith("INFO:")]
+    expected = ["serving model tiny-model-", f"job {job_id} submitted: 2 images",
+                f"job {job_id} image 1 'broken.png'", f"job {job_id} succeeded: 2 images, 1 failed"]
+    for start in expected:
+        assert any(start in line for line in info), (start, output)

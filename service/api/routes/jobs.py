@@ -20,6 +20,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, File, Form, Query, Request, Response, UploadFile
 
+from models.thresholds import SCORE_THRESHOLD
 from service.api.deps import SEED_LIMIT, AppSettings, error_responses
 from service.core.config import Settings
 from service.errors import ApiError
@@ -159,7 +160,9 @@ def create_job(
         Form(description='uploads only: JSON {"file name": {"tags": [names]} or '
                          '{"boxes": [{"label": name, "bbox": [x0, y0, x1, y1]}]}}'),
     ] = None,
-    score_threshold: Annotated[float, Form(ge=0, le=1, allow_inf_nan=False)] = 0.5,
+    score_threshold: Annotated[
+        float, Form(ge=0, le=1, allow_inf_nan=False)
+    ] = SCORE_THRESHOLD,
     max_instances: Annotated[int, Form(ge=1, le=1000)] = 100,
     seed: Annotated[
         int, Form(ge=0, lt=SEED_LIMIT, description="sampling seed (hints only)")

@@ -2,6 +2,7 @@
 model URL. GET /ls/health, POST /ls/setup, POST /ls/predict, POST /ls/webhook."""
 
 import json
+import logging
 import threading
 import time
 from typing import Annotated
@@ -11,12 +12,12 @@ from starlette.concurrency import run_in_threadpool
 
 from service.api.deps import ERRORS, AppSettings, Model, json_body, json_body_docs
 from service.errors import ApiError
-from service.imaging import megapixels
 from service.labelstudio import (
     ImageSource,
     TaskError,
     predict_task,
     prediction,
+    same_origin,
     task_hints,
     task_image,
     task_operation,
@@ -39,14 +40,15 @@ TRAINING_EVENTS = frozenset({
     "ANNOTATIONS_DELETED", "START_TRAINING",
 })
 _events_lock = threading.Lock()
+logger = logging.getLogger(__name__)
 
 
-def _image_sources(request: Request) -> dict[str, ImageSource]:
-    """Label Studio hosts by project id, as /ls/setup named them (kept for the process)."""
+def _setup_tokens(request: Request) -> dict[str, str]:
+    """Access tokens by project id, as /ls/setup gave them (kept for the process)."""
     state = request.app.state
-    if getattr(state, "label_studio_sources", None) is None:
-        state.label_studio_sources = {}
-    return state.label_studio_sources
+    if getattr(state, "label_studio_tokens", None) is None:
+        state.label_studio_tokens = {}
+    return state.label_studio_tokens
 
 
 def _project_id(project: str | None) -> str:
@@ -69,15 +71,22 @@ async def health(runtime: Model) -> LabelStudioHealth:
 @router.post("/setup", response_model=LabelStudioSetupResponse, responses=ERRORS,
              openapi_extra=json_body_docs(LabelStudioSetupRequest))
 async def setup(
-    request: Request, runtime: Model,
+    request: Request, runtime: Model, settings: AppSettings,
     body: Annotated[LabelStudioSetupRequest, json_body(LabelStudioSetupRequest)],
 ) -> LabelStudioSetupResponse:
-    """Records where the project's images are hosted; answers at once (the model is loaded)."""
+    """Records the project's access token, used to fetch its task images from the Label Studio
+    of DISCOSEG_LABEL_STUDIO_URL; answers at once (the model is loaded). The `hostname` sent
+    is never fetched from: a client could name any host."""
     if body.schema_ is not None:
         _config(body.schema_)
-    if body.hostname:
-        token = body.access_token
-        _image_sources(request)[_project_id(body.project)] = ImageSource(body.hostname, token)
+    if body.hostname and not same_origin(body.hostname, settings.label_studio_url):
+        logger.warning(
+            "/ls/setup of project %r names Label Studio at %r; task images are fetched only "
+            "from DISCOSEG_LABEL_STUDIO_URL (%s)", body.project, body.hostname,
+            settings.label_studio_url or "not set",
+        )
+    if body.access_token:
+        _setup_tokens(request)[_project_id(body.project)] = body.access_token
     return LabelStudioSetupResponse(model_version=runtime.version)
 
 
@@ -99,10 +108,11 @@ async def predict(
             f"{', '.join(runtime.classes)}"
         )
     known = [label for label in config.labels if label in runtime.classes]
-    source = _image_sources(request).get(_project_id(body.project)) or ImageSource(
+    key = settings.label_studio_api_key
+    source = ImageSource(
         settings.label_studio_url,
-        settings.label_studio_api_key.get_secret_value() if settings.label_studio_api_key
-        else None,
+        _setup_tokens(request).get(_project_id(body.project))
+        or (key.get_secret_value() if key else None),
     )
     context = body.params.context if body.params else None
     context = None if context is None else context.model_dump(exclude_none=True)
@@ -122,7 +132,7 @@ async def predict(
 
             samples = 1 if operation == "segment" else settings.label_studio_k
             results.append(await runtime.submit(
-                work, operation=operation, units=samples * megapixels(image)
+                work, operation=operation, units=samples * runtime.work_units(image)
             ))
         except TaskError as error:
             warnings.append(f"task {task.get('id', '?')}: {error}")

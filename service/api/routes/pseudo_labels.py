@@ -14,7 +14,6 @@ from service.api.deps import (
     check_k,
 )
 from service.errors import ApiError
-from service.imaging import megapixels
 from service.runtime import diversity
 from service.schemas import (
     BoxHints,
@@ -82,9 +81,11 @@ async def pseudo_labels(
                 )
                 for sample in samples
             ],
-            diversity=diversity(samples),
+            diversity=diversity([sample.instances for sample in samples]),
         )
 
-    result = await runtime.submit(work, operation="pseudo_labels", units=k * megapixels(image))
+    result = await runtime.submit(
+        work, operation="pseudo_labels", units=k * runtime.work_units(image)
+    )
     response.headers[MODEL_HEADER] = runtime.version
     return result

@@ -17,7 +17,6 @@ from service.api.deps import (
     check_k,
 )
 from service.errors import ApiError
-from service.imaging import megapixels
 from service.schemas import (
     MAX_POINTS,
     BoxPrompt,
@@ -102,6 +101,6 @@ async def refine(
             candidates=encode_instances(candidates, runtime.classes),
         )
 
-    result = await runtime.submit(work, operation="refine", units=k * megapixels(image))
+    result = await runtime.submit(work, operation="refine", units=k * runtime.work_units(image))
     response.headers[MODEL_HEADER] = runtime.version
     return result

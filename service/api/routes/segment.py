@@ -4,9 +4,10 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Form, Query, Response
 
+from models.thresholds import SCORE_THRESHOLD
 from service.api.deps import ERRORS, MODEL_HEADER, Model, UploadedImage
 from service.errors import ApiError
-from service.imaging import megapixels, overlay_png
+from service.imaging import overlay_png
 from service.schemas import SegmentResponse, encode_instances
 
 router = APIRouter(tags=["segment"])
@@ -53,7 +54,9 @@ async def segment(
 ) -> SegmentResponse | Response:
     """Segment every instance the prediction network (Mask R-CNN) finds: class, score, box and
     mask (COCO RLE) per instance, or with `format=png` the image with the instances drawn."""
-    threshold = _one_of("score_threshold", score_threshold_form, score_threshold_query, 0.5)
+    threshold = _one_of(
+        "score_threshold", score_threshold_form, score_threshold_query, SCORE_THRESHOLD
+    )
     limit = _one_of("max_instances", max_instances_form, max_instances_query, None)
     limit = None if limit is None else int(limit)
 
@@ -70,7 +73,7 @@ async def segment(
             instances=encode_instances(instances, runtime.classes),
         )
 
-    result = await runtime.submit(work, operation="segment", units=megapixels(image))
+    result = await runtime.submit(work, operation="segment", units=runtime.work_units(image))
     headers = {MODEL_HEADER: runtime.version}
     if isinstance(result, bytes):
         return Response(result, media_type="image/png", headers=headers)
