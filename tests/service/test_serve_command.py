@@ -99,7 +99,7 @@ def test_bad_settings_are_one_line_and_exit_2(command, variable, value, message)
 @pytest.mark.slow
 def test_serve_logs_start_up_and_jobs_at_info(bundle_path, tmp_path) -> None:
     port = _free_port()
-    command = [sys.executable, "-m", "training.cli", "serve", "--model", str(bundle_path),
+    command = [sys.executable, "-m", "service.cli", "serve", "--model", str(bundle_path),
                "--port", str(port), "--device", "cpu"]
     env = {**os.environ, "DISCOSEG_JOB_STORE": str(tmp_path / "jobs"),
            "DISCOSEG_DATA_ROOT": str(tmp_path)}
