@@ -5,7 +5,7 @@ decoding, the model, encoding of the answer): after a warm-up at 256 px, a 1 Mpx
 16 Mpx call each raise the process's peak RSS (ru_maxrss) above the baseline measured after the
 warm-up; then the two sizes are timed alternately, `--repeats` times each, so that load from
 other processes on a shared machine hits both alike. The proposal cache is off, so each call
-pays for its proposals. Goals (issue 26): time ratio <= 3, 16 Mpx <= 2 GB above the baseline.
+pays for its proposals. Goals: time ratio <= 3, 16 Mpx <= 2 GB above the baseline.
 
 Routes: segment; pseudo-labels from tags and from boxes (k=--k); refine (two clicks and a box,
 k=3); the Label Studio backend's /ls/predict (a rectangle hint, brush masks, the image inline
