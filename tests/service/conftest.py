@@ -3,12 +3,15 @@ runtime loaded from it, and clients of the real app (lifespan run through TestCl
 
 import io
 import struct
+import subprocess
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import torch
@@ -26,6 +29,22 @@ from training.data.synthetic import render_scene
 CLASSES = ["disc", "square", "triangle"]
 IMAGE_SIZE = 96
 API_KEY = "test-key-0123456789abcdef"
+
+
+def wait_until_serving(
+    url: str, process: subprocess.Popen, output: Callable[[], str], timeout_s: float
+) -> None:
+    """Return once `url`/healthz answers; fail with the server's output when the process exits
+    or `timeout_s` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            httpx.get(f"{url}/healthz", timeout=5)
+            return
+        except httpx.TransportError:
+            assert process.poll() is None, output()
+            assert time.monotonic() < deadline, f"the server did not start within {timeout_s} s"
+            time.sleep(0.2)
 
 
 def scene_image(index: int = 0, size: int = IMAGE_SIZE) -> np.ndarray:

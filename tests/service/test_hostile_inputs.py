@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,7 +19,14 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.service.conftest import API_KEY, encode, png_header, scene_image, zip_of
+from tests.service.conftest import (
+    API_KEY,
+    encode,
+    png_header,
+    scene_image,
+    wait_until_serving,
+    zip_of,
+)
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
@@ -342,15 +348,7 @@ def server(bundle_path: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     url = f"http://127.0.0.1:{port}"
     # generous: on a loaded 2-core machine the server took over 200 s to import and start
-    deadline = time.monotonic() + 300
-    while True:
-        try:
-            httpx.get(f"{url}/healthz", timeout=5)
-            break
-        except httpx.TransportError:
-            assert process.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the server did not start within 300 s"
-            time.sleep(0.2)
+    wait_until_serving(url, process, log.read_text, 300)
     yield Server(url, folder, log, process)
     process.terminate()
     process.wait(timeout=30)

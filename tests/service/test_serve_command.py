@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from service.cli import app
-from tests.service.conftest import encode, scene_image
+from tests.service.conftest import encode, scene_image, wait_until_serving
 
 
 def _serve(*args: str):
@@ -64,15 +64,10 @@ def test_serves_the_bundle_over_http(bundle_path) -> None:
                "--port", str(port), "--device", "cpu", "--log-level", "warning"]
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.monotonic() < deadline, "the server did not start within 60 s"
-                time.sleep(0.2)
+        wait_until_serving(
+            f"http://127.0.0.1:{port}", server, lambda: server.stdout.read().decode(), 60
+        )
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5)
         assert response.status_code == 200
         assert response.json()["model"].startswith("tiny-model-")
         assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).status_code == 200
@@ -106,15 +101,8 @@ def test_serve_logs_start_up_and_jobs_at_info(bundle_path, tmp_path) -> None:
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     site = f"http://127.0.0.1:{port}"
     try:
+        wait_until_serving(site, server, lambda: server.stdout.read().decode(), 180)
         deadline = time.monotonic() + 180
-        while True:
-            try:
-                httpx.get(f"{site}/healthz", timeout=5)
-                break
-            except httpx.TransportError:
-                assert server.poll() is None, server.stdout.read().decode()
-                assert time.monotonic() < deadline, "the server did not start within 180 s"
-                time.sleep(0.2)
         files = [("files", ("scene.png", encode(scene_image(1)), "image/png")),
                  ("files", ("broken.png", b"not an image", "image/png"))]
         job_id = httpx.post(f"{site}/v1/jobs", files=files, timeout=30).json()["id"]
