@@ -10,6 +10,7 @@ first P-step (DESIGN section 5), when there is no prediction network output yet.
   a seed, and so is each proposal of the tag scoring at least `seed_ratio` times the top that
   overlaps no other seed (a tag may have several instances); proposals overlapping a seed
   (IoU >= 0.5) become positives of the tag, proposals overlapping no seed become background.
+  No two tags seed the same object.
 - boxes: self-training seeded by GrabCut: in each box, the candidate closest to GrabCut's
   foreground and those nearly repeating it are positives of the box's class; the rest of the box
   and proposals that fit no box are background. (Filling the box is no criterion: the box's
@@ -58,16 +59,24 @@ def tag_self_training_labels(
 ) -> Tensor:
     """Int64Tensor[P]: a class per proposal, 0 for background, IGNORE for undecided.
 
-    scores: FloatTensor[P, C+1]; candidates: every proposal (tag_candidates); seed_ratio: see
-    instance_seeds.
+    The tags take their seeds in turn, the tag of the strongest top candidate first, and no
+    seed overlaps an earlier tag's (τ_overlap): one object is one class's seed, so that a tag
+    whose own object scores lower does not take its neighbour's. scores: FloatTensor[P, C+1];
+    candidates: every proposal (tag_candidates); seed_ratio: see instance_seeds.
     """
     labels = torch.full((scores.shape[0],), IGNORE, dtype=torch.int64)
     detection = detection_scores(scores, prior, prior_weight)[candidates.proposal_ids]
     covered = torch.zeros(len(candidates), dtype=torch.bool)
-    for label in tags.labels:
-        for seed in instance_seeds(detection[:, label - 1], candidates, seed_ratio):
+    taken = torch.zeros(len(candidates), dtype=torch.bool)
+    tag_order = sorted(tags.labels, key=lambda label: -float(detection[:, label - 1].max()))
+    for label in tag_order:
+        seeds = instance_seeds(detection[:, label - 1], candidates, seed_ratio, excluded=taken)
+        for seed in seeds:
             labels[candidates.proposal_ids[candidates.iou[seed] >= positive_iou]] = label
             covered |= candidates.intersection[seed] > 0
+        if seeds:
+            overlap = candidates.overlap[:, seeds] > InferenceConfig.overlap_threshold
+            taken |= overlap.any(dim=1)
     labels[candidates.proposal_ids[~covered]] = 0
     return labels
 
@@ -77,13 +86,19 @@ def instance_seeds(
     candidates: Candidates,
     ratio: float,
     overlap_threshold: float = InferenceConfig.overlap_threshold,
+    excluded: Tensor | None = None,
 ) -> list[int]:
     """The seeds of one tag, candidate indices: its top candidate under the detection stream,
     then, by score, each candidate scoring at least `ratio` times the top that overlaps no seed
     beyond overlap_threshold (intersection over the smaller mask, τ_overlap of the instances of
-    one output): more instances of the class (ratio 1: the top one alone).
+    one output): more instances of the class (ratio 1: the top one alone). Candidates where
+    `excluded` (BoolTensor[Q]) is set are passed over; none may be left.
     detection: FloatTensor[Q]."""
     order = detection.argsort(descending=True)
+    if excluded is not None:
+        order = order[~excluded[order]]
+    if len(order) == 0:
+        return []
     order = order[detection[order] >= ratio * detection[order[0]]].tolist()
     seeds = order[:1]
     for q in order[1:]:

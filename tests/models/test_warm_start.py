@@ -116,6 +116,24 @@ def test_tag_self_training_labels_second_seed_is_positive_not_background() -> No
     assert two.tolist() == [1, IGNORE, 1, 0]
 
 
+def test_two_tags_never_seed_the_same_object() -> None:
+    candidates, detection = _two_objects()
+    # class 1 is surest of A; class 2 would pick A too, then B: it gets B
+    class_2 = torch.tensor([0.4, 0.1, 0.3, 0.05])
+    scores = torch.stack([torch.full((4,), -20.0), detection.log(), class_2.log()], dim=1)
+    labels = tag_self_training_labels(
+        scores, candidates, TagAnnotation((1, 2)), torch.zeros(4), 0.0, seed_ratio=1.0
+    )
+    assert labels.tolist() == [1, IGNORE, 2, 0]
+
+
+def test_instance_seeds_pass_over_excluded_candidates() -> None:
+    candidates, detection = _two_objects()
+    excluded = torch.tensor([True, True, False, False])
+    assert instance_seeds(detection, candidates, ratio=1.0, excluded=excluded) == [2]
+    assert instance_seeds(detection, candidates, 1.0, excluded=torch.ones(4, dtype=bool)) == []
+
+
 def test_multiple_instance_loss_descends_towards_the_tags() -> None:
     # Five proposals, four classes, tags {1, 3}: a step down the loss raises the image-level
     # scores of classes 1 and 3 and lowers those of 2 and 4.
