@@ -1,4 +1,4 @@
-"""Annotation-assist quality of a model's conditional network (DESIGN section 6).
+"""Annotation-assist quality of a model's conditional network (docs/design.md, Evaluation).
 
 For every image of a COCO ground-truth file, the conditional network samples K segmentations
 given the image's tags (or boxes) from the ground truth; prints one JSON object with the mean

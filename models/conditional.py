@@ -1,4 +1,4 @@
-"""The conditional network Pr_c(y | x, a; θc) (DESIGN section 3).
+"""The conditional network Pr_c(y | x, a; θc) (docs/design.md, Conditional network).
 
 A U-Net trunk runs once per image. For sample k a noise channel z_k joins the trunk features
 and a 1x1 conv + ReLU maps them to G_k; every proposal pools G_k by its area-normalised mask,

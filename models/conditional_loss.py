@@ -1,4 +1,4 @@
-"""The C-step surrogate loss of DESIGN section 5 (the paper's Algorithm 1, ε = +1).
+"""The C-step surrogate loss (docs/design.md, C-step): the paper's Algorithm 1, ε = +1.
 
 For each sample k: ŷ_c^k = argmax S^k, ŷ_a^k = the loss-augmented argmax of S^k against the
 prediction network's output y_p, and for every other sample k' ŷ_b^{k,k'} = the loss-augmented

@@ -1,4 +1,4 @@
-"""The task loss Δ between two instance segmentations (DESIGN section 4) and batched IoUs.
+"""The task loss Δ between two instance segmentations (docs/design.md, Task loss) and batched IoUs.
 
 Δ mirrors Mask R-CNN's multi-task loss: Δ = Δ_cls + Δ_box + Δ_mask. Each instance is matched
 to the instance of the other output with the highest mask IoU; a match with IoU 0 (or no

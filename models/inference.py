@@ -1,4 +1,5 @@
-"""Annotation-consistent inference: argmax and loss-augmented argmax (DESIGN section 3).
+"""Annotation-consistent inference: argmax and loss-augmented argmax (docs/design.md,
+Annotation-consistent inference).
 
 Scores are per proposal and class, FloatTensor[P, C+1] with column 0 the background. An output
 is a `Selection` of candidates (see `models.candidates`) with a class each; its score is the

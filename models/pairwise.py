@@ -1,4 +1,4 @@
-"""The boundary-aware pairwise term (DESIGN section 3).
+"""The boundary-aware pairwise term (docs/design.md, Conditional network).
 
 Neighbouring proposals (touching or overlapping) should take similar class scores unless an
 image edge separates them: w_uv = exp(-I_uv / σ), I_uv the mean edge strength along their shared

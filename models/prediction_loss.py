@@ -1,4 +1,4 @@
-"""The P-step loss (DESIGN section 5): DIV(Pr_p, Pr_c) - (1 - γ) DIV(Pr_p, Pr_p).
+"""The P-step loss (docs/design.md, P-step): DIV(Pr_p, Pr_c) - (1 - γ) DIV(Pr_p, Pr_p).
 
 DIV(Pr_p, Pr_c) is Mask R-CNN's multi-task loss against each of K samples of the conditional
 network as pseudo ground truth, averaged over the K samples. The RoIs are the image's segment

@@ -1,5 +1,5 @@
 """Warm-start losses of the conditional network, trained from the annotation alone before the
-first P-step (DESIGN section 5), when there is no prediction network output yet.
+first P-step (docs/design.md, Warm start), when there is no prediction network output yet.
 
 - tags: a WSDDN-style multiple-instance loss: a classification softmax over classes times a
   detection softmax over proposals, summed into image-level class scores, with binary

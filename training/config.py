@@ -10,8 +10,8 @@ from training.data.dataset import SUPERVISION_MODES, Supervision
 
 @dataclass(frozen=True)
 class Schedule:
-    """Phase lengths of the DISCO schedule (DESIGN section 5): the rounds of P-step and C-step,
-    and each phase's epochs (passes over the training images)."""
+    """Phase lengths of the DISCO schedule (docs/design.md, Training schedule): the rounds of P-step
+    and C-step, and each phase's epochs (passes over the training images)."""
 
     warm_start_epochs: int
     rounds: int
@@ -65,9 +65,9 @@ def _preset_defaults(phase: str) -> str:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The DISCO schedule (DESIGN section 5) and its optimisation settings; each field's help
-    is its `discoseg train` option's. A None default is completed in __post_init__ from the
-    preset or the weights."""
+    """The DISCO schedule (docs/design.md, Training schedule) and its optimisation settings; each
+    field's help is its `discoseg train` option's. A None default is completed in __post_init__ from
+    the preset or the weights."""
 
     supervision: Supervision = setting(
         "tags",

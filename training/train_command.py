@@ -1,4 +1,5 @@
-"""`discoseg train`: a COCO-format dataset in, a model bundle out (DESIGN section 5).
+"""`discoseg train`: a COCO-format dataset in, a model bundle out (docs/design.md, Training
+schedule).
 
 Besides the files and the run's switches, the options are TrainConfig's fields, each with the
 default and help text declared next to the field (training.config.setting).

@@ -1,4 +1,4 @@
-"""The alternating DISCO trainer (DESIGN section 5).
+"""The alternating DISCO trainer (docs/design.md, Training schedule).
 
 Schedule: warm start of the conditional network from the annotation alone, then `rounds` of
 P-step (Mask R-CNN on K pseudo labels) and C-step (Algorithm 1 against the prediction

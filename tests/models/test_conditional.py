@@ -1,6 +1,6 @@
-"""The conditional network (DESIGN section 3): its samples are consistent with the annotation,
-reproducible for a seed, driven by the noise, and cost one trunk pass for K samples; and the
-boundary-aware pairwise refinement."""
+"""The conditional network (docs/design.md, Conditional network): its samples are consistent with
+the annotation, reproducible for a seed, driven by the noise, and cost one trunk pass for K samples;
+and the boundary-aware pairwise refinement."""
 
 import dataclasses
 import functools

@@ -1,4 +1,4 @@
-"""Δ, the task loss between two instance segmentations (DESIGN section 4), and mask IoU."""
+"""Δ, the task loss between two instance segmentations (docs/design.md, Task loss), and mask IoU."""
 
 import numpy as np
 import pytest

@@ -1,5 +1,6 @@
-"""Annotation-consistent argmax and loss-augmented argmax (DESIGN section 3): every output is
-consistent with its annotation, on random proposals, scores, tags and boxes."""
+"""Annotation-consistent argmax and loss-augmented argmax (docs/design.md, Annotation-consistent
+inference): every output is consistent with its annotation, on random proposals, scores, tags and
+boxes."""
 
 import itertools
 

@@ -1,4 +1,4 @@
-"""The conditional network learns from its losses (DESIGN section 5). A few dozen optimiser
+"""The conditional network learns from its losses (docs/design.md, C-step). A few dozen optimiser
 steps on a handful of tiny synthetic images: the box warm start brings the picks closer to the
 objects, the tag warm start's image-level scores come to tell the tagged classes from the
 rest, and the C-step moves the samples towards the prediction network's output. Seeds are
