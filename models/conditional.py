@@ -26,6 +26,7 @@ from models.annotations import Annotation, BoxAnnotation
 from models.candidates import Candidates, annotation_candidates, with_box_rectangles
 from models.descriptors import (
     DESCRIPTOR_SIZE,
+    flip_descriptors,
     objectness_prior,
     proposal_descriptors,
     working_copy,
@@ -98,6 +99,12 @@ class ProposalContext:
 
     def __len__(self) -> int:
         return int(self.pooling.shape[0])
+
+    def hflip(self, grid: tuple[int, int]) -> "ProposalContext":
+        """The context of the same proposals in the horizontally mirrored image; grid: the
+        pooling grid (h, w) of the image (pooling_grid)."""
+        pooling = self.pooling.reshape(-1, *grid).flip(-1).flatten(1)
+        return ProposalContext(pooling, flip_descriptors(self.descriptors), self.affinity)
 
 
 def pooling_grid(image_size: tuple[int, int], stride: int) -> tuple[int, int]:

@@ -14,7 +14,7 @@ from torchvision.transforms import ColorJitter
 from models.annotations import TagAnnotation
 from models.bundle import ModelBundle
 from models.candidates import Candidates
-from models.conditional import ConditionalNet
+from models.conditional import ConditionalNet, pooling_grid
 from models.conditional_loss import c_step_outputs, conditional_loss
 from models.inference import consistent_argmax, to_instances, unclaimed_instances
 from models.prediction import ProposalMaskRCNN, detected_instances
@@ -65,11 +65,17 @@ def annotation_loss(
 def warm_start_loss(
     batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
-    """The conditional network from the annotation alone (models.warm_start)."""
+    """The conditional network from the annotation alone (models.warm_start), each image
+    mirrored with probability 1/2 (with its proposals' context) and its colours jittered."""
     conditional = bundle.conditional
     terms = []
     for item in batch:
-        scores = conditional(item.tensor.to(device), item.context.to(device), 1).cpu()
+        image, context = item.tensor, item.context
+        if bool(torch.rand(()) < 0.5):
+            grid = pooling_grid(tuple(image.shape[-2:]), conditional.config.pool_stride)
+            image, context = image.flip(-1), context.hflip(grid)
+        image = _COLOUR_JITTER(image)
+        scores = conditional(image.to(device), context.to(device), 1).cpu()
         prior = conditional.objectness_prior(item.context)
         terms.append(annotation_loss(scores, item, item.candidates(), prior, config))
     return mean_terms(terms)

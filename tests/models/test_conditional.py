@@ -12,7 +12,12 @@ from hypothesis import Phase, event, given, settings
 from hypothesis import strategies as st
 
 from models.annotations import BoxAnnotation, TagAnnotation
-from models.conditional import ConditionalConfig, ConditionalNet, describe_proposals
+from models.conditional import (
+    ConditionalConfig,
+    ConditionalNet,
+    describe_proposals,
+    pooling_grid,
+)
 from models.descriptors import (
     BORDER_COLOUR_COLUMN,
     border_colour_likeness,
@@ -196,6 +201,17 @@ def test_sample_rejects_bad_input(net):
 
 
 # The boundary prior.
+
+
+def test_proposal_context_mirrors_with_the_image() -> None:
+    config = ConditionalConfig()
+    # not square, so that the pooling grid's sides cannot be swapped unnoticed
+    image, proposals = as_image_tensor(random_image(3))[:, :, :24], tile_proposals()[:, :, :24]
+    grid = pooling_grid((32, 24), config.pool_stride)
+    mirrored = describe_proposals(image, proposals, config).hflip(grid)
+    direct = describe_proposals(image.flip(-1), proposals.flip(-1), config)
+    torch.testing.assert_close(mirrored.pooling, direct.pooling)
+    torch.testing.assert_close(mirrored.descriptors, direct.descriptors, atol=1e-4, rtol=1e-4)
 
 
 def test_border_colours_mark_background_and_lower_the_objectness_prior():
