@@ -101,8 +101,8 @@ def test_serve_logs_start_up_and_jobs_at_info(bundle_path, tmp_path) -> None:
     server = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     site = f"http://127.0.0.1:{port}"
     try:
-        wait_until_serving(site, server, lambda: server.stdout.read().decode(), 180)
         deadline = time.monotonic() + 180
+        wait_until_serving(site, server, lambda: server.stdout.read().decode(), 180)
         files = [("files", ("scene.png", encode(scene_image(1)), "image/png")),
                  ("files", ("broken.png", b"not an image", "image/png"))]
         job_id = httpx.post(f"{site}/v1/jobs", files=files, timeout=30).json()["id"]
