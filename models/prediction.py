@@ -363,6 +363,7 @@ def build_prediction_net(
     )
     levels = ["0", "1", "2", "3"]
     roi_heads = ProposalRoIHeads(
+        # torchvision's sampling ratio: at 1 tiny trained 1.4x faster but lost 0.03 mAP_r@0.5
         box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(p.fpn_channels * 7 * 7, p.box_representation),
         region_head=RegionHead(p.region_representation),
