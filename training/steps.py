@@ -76,7 +76,7 @@ def warm_start_loss(
             image, context = image.flip(-1), context.hflip(grid)
         image = _COLOUR_JITTER(image)
         scores = conditional(image.to(device), context.to(device), 1).cpu()
-        prior = conditional.objectness_prior(item.context)
+        prior = conditional.objectness_prior(context)
         terms.append(annotation_loss(scores, item, item.candidates(), prior, config))
     return mean_terms(terms)
 
