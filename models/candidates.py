@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from models.annotations import BoxAnnotation, TagAnnotation
-from models.structures import mask_boxes
+from models.structures import mask_areas, mask_boxes
 
 
 @dataclass(frozen=True)
@@ -38,7 +38,7 @@ class Candidates:
     @cached_property
     def areas(self) -> Tensor:
         """FloatTensor[Q] pixel counts."""
-        return self.masks.flatten(1).sum(1).float()
+        return mask_areas(self.masks)
 
     @cached_property
     def boxes(self) -> Tensor:

@@ -224,7 +224,8 @@ def reference_overlaps(
     if isinstance(reference, Selection):
         ids = reference.candidate_ids
         return candidates.iou[:, ids], candidates.box_iou[:, ids]
-    return mask_iou(candidates.masks, reference.masks), box_iou(candidates.boxes, reference.boxes)
+    ious = mask_iou(candidates.masks, reference.masks, candidates.areas)
+    return ious, box_iou(candidates.boxes, reference.boxes)
 
 
 def delta_augmentation(

@@ -63,7 +63,8 @@ def assign_proposals(regions: RegionProposals, targets: list[Target]) -> list[As
     ignore_masks = [target.get("ignore_masks") for target in targets]
     ignore_masks = [m if m is not None else masks[0][:0] for m in ignore_masks]
     groups = masks + ignore_masks
-    iou = mask_iou(regions.masks, torch.cat([m.to(regions.masks.dtype) for m in groups]))
+    instances = torch.cat([m.to(regions.masks.dtype) for m in groups])
+    iou = mask_iou(regions.masks, instances, regions.areas)
     per_group = iou.split([len(m) for m in groups], dim=1)
     return [
         _assignment(target["labels"], overlaps, ignored)

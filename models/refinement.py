@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 from models.candidates import box_pixel_window
 from models.conditional import ConditionalNet, describe_proposals
 from models.images import as_image_tensor
-from models.structures import InstanceSet, mask_boxes
+from models.structures import InstanceSet, mask_areas, mask_boxes
 
 # Two returned candidates overlap at most this much (mask IoU): near-copies add no choice.
 DISTINCT_IOU = 0.9
@@ -171,7 +171,7 @@ def point_regions(proposals: Tensor, points: Tensor, avoid: Tensor) -> Tensor:
         return regions
     holds = points_inside(proposals, points)  # (P, N)
     clear = ~points_inside(proposals, avoid).any(1)  # (P,)
-    areas = proposals.flatten(1).sum(1).float()
+    areas = mask_areas(proposals)
     avoided = point_pixels(avoid, image_size)
     for n, centre in enumerate(point_pixels(points, image_size)):
         fitting = (holds[:, n] & clear).nonzero().squeeze(1)

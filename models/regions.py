@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from models.descriptors import flip_descriptors, proposal_descriptors, working_copy
-from models.structures import mask_boxes
+from models.structures import mask_areas, mask_boxes
 
 # Mask R-CNN's mask resolution: the shapes are the mask head's starting point.
 SHAPE_SIZE = 28
@@ -30,13 +30,15 @@ class RegionProposals:
 
     masks: BoolTensor[P, H, W]; boxes: FloatTensor[P, 4] tight boxes in x0, y0, x1, y1 pixels
     (x1, y1 exclusive); shapes: FloatTensor[P, S, S] each mask's coverage of its box on an
-    S x S grid (S = SHAPE_SIZE); descriptors: FloatTensor[P, DESCRIPTOR_SIZE].
+    S x S grid (S = SHAPE_SIZE); descriptors: FloatTensor[P, DESCRIPTOR_SIZE]; areas:
+    FloatTensor[P], the masks' pixel counts.
     """
 
     masks: Tensor
     boxes: Tensor
     shapes: Tensor
     descriptors: Tensor
+    areas: Tensor
 
     def __len__(self) -> int:
         return int(self.boxes.shape[0])
@@ -51,6 +53,7 @@ class RegionProposals:
             self.boxes.to(device),
             self.shapes.to(device),
             self.descriptors.to(device),
+            self.areas.to(device),
         )
 
     def hflip(self) -> "RegionProposals":
@@ -82,6 +85,7 @@ def describe_regions(image: Tensor, masks: Tensor) -> RegionProposals:
         boxes=boxes,
         shapes=mask_shapes(masks, boxes),
         descriptors=proposal_descriptors(working_copy(image, masks, DESCRIPTOR_WORK_SIZE)),
+        areas=mask_areas(masks),
     )
 
 

@@ -21,6 +21,7 @@ from models.candidates import (
 from models.conditional import ConditionalConfig, ProposalContext, describe_proposals
 from models.delta import mask_iou
 from models.images import as_image_tensor, fit_image, fitted_size
+from models.inference import Selection
 from models.regions import RegionProposals, describe_regions
 from models.structures import mask_boxes
 from models.warm_start import box_seed_labels
@@ -42,7 +43,16 @@ class PackedMasks:
 
     def unpack(self) -> Tensor:
         bits = np.unpackbits(self.bits, count=int(np.prod(self.shape)))
-        return torch.from_numpy(bits.reshape(self.shape).astype(bool))
+        return torch.from_numpy(bits.view(bool).reshape(self.shape))
+
+
+@dataclass(frozen=True)
+class PseudoLabel:
+    """One sample of the conditional network for an item, as its candidates: the selection and,
+    where the P-step ignores them, the candidates it leaves out (Int64Tensor[M]), else None."""
+
+    selection: Selection
+    ignored: Tensor | None
 
 
 @dataclass
@@ -57,7 +67,8 @@ class TrainingItem:
     ones); context, geometry: the conditional network's proposal context and its candidates'
     geometry; box_labels: for boxes, Int64Tensor[P] the warm start's self-training labels,
     seeded by GrabCut in each box (models.warm_start.box_seed_labels; they depend on the
-    annotation alone, so they are computed once here), else None.
+    annotation alone, so they are computed once here), else None; pseudo_labels: the K samples
+    the current P-step trains on, drawn at the item's first step of the phase.
     """
 
     index: int
@@ -70,6 +81,7 @@ class TrainingItem:
     context: ProposalContext | None = None
     geometry: dict[str, Tensor] = field(default_factory=dict)
     box_labels: Tensor | None = None
+    pseudo_labels: list[PseudoLabel] | None = None
 
     @property
     def tensor(self) -> Tensor:

@@ -16,7 +16,7 @@ from models.bundle import ModelBundle
 from models.candidates import Candidates
 from models.conditional import ConditionalNet, pooling_grid
 from models.conditional_loss import c_step_outputs, conditional_loss
-from models.inference import consistent_argmax, to_instances, unclaimed_instances
+from models.inference import consistent_argmax, unclaimed_instances
 from models.prediction import ProposalMaskRCNN, detected_instances
 from models.prediction_loss import pseudo_target_loss
 from models.structures import InstanceSet, mask_boxes
@@ -27,7 +27,7 @@ from models.warm_start import (
     tag_self_training_labels,
 )
 from training.config import TrainConfig
-from training.items import TrainingItem
+from training.items import PseudoLabel, TrainingItem
 
 _COLOUR_JITTER = ColorJitter(brightness=0.25, contrast=0.25, saturation=0.25, hue=0.02)
 
@@ -81,38 +81,43 @@ def warm_start_loss(
     return mean_terms(terms)
 
 
-def instance_target(instances: InstanceSet) -> dict[str, Tensor]:
-    """An instance set as a torchvision detection target."""
-    return {
-        "boxes": mask_boxes(instances.masks),
-        "labels": instances.labels,
-        "masks": instances.masks.to(torch.uint8),
-    }
-
-
 @torch.no_grad()
-def pseudo_targets(
+def draw_pseudo_labels(
     item: TrainingItem,
     conditional: ConditionalNet,
     k: int,
     ignore_unclaimed: bool,
     device: torch.device,
-) -> list[dict[str, Tensor]]:
-    """K samples of the conditional network for one item, consistent with its annotation, as
-    detection targets (CPU). With `ignore_unclaimed` each also has `ignore_masks`, the masks of
-    the instances it leaves out for the per-tag limit (models.inference.unclaimed_instances)."""
+) -> list[PseudoLabel]:
+    """K samples of the conditional network for one item, consistent with its annotation. With
+    `ignore_unclaimed` each names the instances it leaves out for the per-tag limit
+    (models.inference.unclaimed_instances)."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
     candidates = item.candidates()
     inference = conditional.config.inference
-    targets = []
+    labels = []
     for s in scores:
         selection = consistent_argmax(s, candidates, item.annotation, inference)
-        target = instance_target(to_instances(selection, candidates, s))
+        ignored = None
         if ignore_unclaimed:
             unclaimed = unclaimed_instances(s, candidates, item.annotation, inference, selection)
-            target["ignore_masks"] = candidates.masks[unclaimed.candidate_ids]
-        targets.append(target)
-    return targets
+            ignored = unclaimed.candidate_ids
+        labels.append(PseudoLabel(selection, ignored))
+    return labels
+
+
+def pseudo_target(label: PseudoLabel, candidates: Candidates) -> dict[str, Tensor]:
+    """A pseudo label as a torchvision detection target (CPU), with `ignore_masks` where it
+    names ignored instances."""
+    ids = label.selection.candidate_ids
+    target = {
+        "boxes": candidates.boxes[ids],
+        "labels": label.selection.labels,
+        "masks": candidates.masks[ids].to(torch.uint8),
+    }
+    if label.ignored is not None:
+        target["ignore_masks"] = candidates.masks[label.ignored]
+    return target
 
 
 def hflip_target(target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -147,12 +152,18 @@ def prediction_loss(
 def p_step_loss(
     batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
-    """Mask R-CNN on K pseudo labels per image, with the self-diversity term."""
+    """Mask R-CNN on K pseudo labels per image, with the self-diversity term. The conditional
+    network does not change during a P-step, so each item's K samples are drawn once per phase
+    (at its first step; the trainer clears them between phases): a fifth of a step's time."""
     ignore_unclaimed = config.unclaimed == "ignore"
-    targets = [
-        pseudo_targets(item, bundle.conditional, config.k, ignore_unclaimed, device)
-        for item in batch
-    ]
+    targets = []
+    for item in batch:
+        if item.pseudo_labels is None:
+            item.pseudo_labels = draw_pseudo_labels(
+                item, bundle.conditional, config.k, ignore_unclaimed, device
+            )
+        candidates = item.candidates()
+        targets.append([pseudo_target(label, candidates) for label in item.pseudo_labels])
     return prediction_loss(batch, targets, bundle.prediction, config.gamma, device)
 
 

@@ -105,6 +105,8 @@ class Trainer:
 
     def run_phase(self, phase: Phase) -> None:
         self.set_modes(phase)
+        for item in self.items:  # a P-step's samples come from the conditional network of now
+            item.pseudo_labels = None
         steps = phase.epochs * math.ceil(len(self.items) / self.config.batch_size)
         bar = tqdm(
             total=steps,

@@ -5,6 +5,7 @@ and the boundary-aware pairwise refinement."""
 import dataclasses
 import functools
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -21,6 +22,8 @@ from models.conditional import (
 from models.descriptors import (
     BORDER_COLOUR_COLUMN,
     border_colour_likeness,
+    dilate,
+    erode,
     objectness_prior,
     proposal_descriptors,
     working_copy,
@@ -302,3 +305,18 @@ def test_a_config_from_before_the_noise_amplitude_keeps_its_noise():
     del values["noise_amplitude"]
     assert ConditionalConfig.from_dict(values).noise_amplitude == 1.0
     assert ConditionalConfig.from_dict(CONFIG.as_dict()) == CONFIG
+
+
+@pytest.mark.parametrize("radius", [1, 2])
+def test_dilation_and_erosion_are_opencvs_with_a_square(radius):
+    # OpenCV's erosion counts pixels beyond the border as set, as ours does
+    masks = torch.rand((4, 19, 23)) < 0.2
+    masks[0, :3] = True  # touching the border
+    masks[1] = False
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    for mask, grown, shrunk in zip(
+        masks, dilate(masks.float(), radius), erode(masks.float(), radius), strict=True
+    ):
+        plain = mask.numpy().astype(np.uint8)
+        assert np.array_equal(grown.numpy(), cv2.dilate(plain, kernel))
+        assert np.array_equal(shrunk.numpy(), cv2.erode(plain, kernel))

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.delta import delta, delta_matrix, delta_terms, mask_iou
-from models.structures import InstanceSet
+from models.structures import InstanceSet, mask_areas
 from tests.models.strategies import (
     box_area_iou,
     image_sizes,
@@ -152,10 +152,13 @@ def test_mask_iou_matches_a_per_pair_loop(data):
     masks2 = data.draw(proposal_masks(size, min_size=0, max_size=5))
     got = mask_iou(masks1, masks2)
     assert got.shape == (len(masks1), len(masks2))
+    # with the areas known, only the pixels of masks2 are read
+    assert torch.equal(mask_iou(masks1, masks2, mask_areas(masks1)), got)
     a, b = masks1.numpy(), masks2.numpy()
     for i in range(len(a)):
         for j in range(len(b)):
             assert float(got[i, j]) == pytest.approx(reference_mask_iou(a[i], b[j]), abs=1e-6)
+        assert float(mask_areas(masks1)[i]) == a[i].sum()
 
 
 @SETTINGS

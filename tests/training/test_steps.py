@@ -23,7 +23,9 @@ from training.steps import (
     annotation_loss,
     c_step_loss,
     c_step_terms,
-    pseudo_targets,
+    draw_pseudo_labels,
+    p_step_loss,
+    pseudo_target,
     sample_prediction,
 )
 
@@ -137,15 +139,21 @@ def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):
     cpu = torch.device("cpu")
     left_out_boxes = 0
     for item in items:
+        candidates, inference = item.candidates(), conditional.config.inference
         torch.manual_seed(0)
-        plain = pseudo_targets(item, conditional, 2, False, cpu)
+        plain = [
+            pseudo_target(p, candidates)
+            for p in draw_pseudo_labels(item, conditional, 2, False, cpu)
+        ]
         torch.manual_seed(0)
-        ignoring = pseudo_targets(item, conditional, 2, True, cpu)
+        ignoring = [
+            pseudo_target(p, candidates)
+            for p in draw_pseudo_labels(item, conditional, 2, True, cpu)
+        ]
         assert len(plain) == len(ignoring) == 2
         assert all("ignore_masks" not in t for t in plain)
         torch.manual_seed(0)
         scores = conditional(item.tensor, item.context, 2)
-        candidates, inference = item.candidates(), conditional.config.inference
         for target, ignoring_target, s in zip(plain, ignoring, scores, strict=True):
             for key in ("boxes", "labels", "masks"):
                 assert torch.equal(target[key], ignoring_target[key])
@@ -155,6 +163,23 @@ def test_pseudo_targets_name_the_unclaimed_instances_only_when_asked(setting):
             assert torch.equal(ignoring_target["ignore_masks"], expected)
             left_out_boxes += len(expected)
     assert (left_out_boxes > 0) == (dataset.supervision == "tags")
+
+
+def test_a_p_step_draws_each_items_samples_once(setting):
+    items, bundle, *_ = setting
+    items = [dataclasses.replace(item, pseudo_labels=None) for item in items]
+    conditional = copy.deepcopy(bundle.conditional)
+    calls = []
+    conditional.register_forward_hook(lambda *args: calls.append(1))
+    networks = dataclasses.replace(bundle, conditional=conditional)
+    cpu = torch.device("cpu")
+    first = p_step_loss(items, networks, CONFIG, cpu)
+    drawn = [item.pseudo_labels for item in items]
+    assert len(calls) == len(items) and all(len(d) == CONFIG.k for d in drawn)
+    second = p_step_loss(items, networks, CONFIG, cpu)
+    assert len(calls) == len(items)
+    assert [item.pseudo_labels for item in items] == drawn
+    assert all(torch.isfinite(terms["loss_classifier"]) for terms in (first, second))
 
 
 def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score(setting):

@@ -17,6 +17,7 @@ from training.config import SCHEDULES, TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import CLASSES, generate_dataset
 from training.run import train
+from training.steps import p_step_loss
 from training.trainer import Trainer, log_path, schedule, state_path
 
 SMALL_CONDITIONAL = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
@@ -156,6 +157,24 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
     # the P-step trains only the prediction network: the warm-started weights are kept
     for name, value in resumed.conditional.state_dict().items():
         assert torch.equal(value, warm_started[name]), name
+
+
+def test_each_p_step_draws_its_samples_once_per_item(data, cache_dir, tmp_path, monkeypatch):
+    undrawn = []  # per P-step call: whether each item of the batch came without samples
+
+    def recording_p_step(batch, bundle, config, device):
+        undrawn.append([item.pseudo_labels is None for item in batch])
+        return p_step_loss(batch, bundle, config, device)
+
+    monkeypatch.setitem(trainer_module.STEP_LOSSES, "p_step", recording_p_step)
+    config = dataclasses.replace(TINY, supervision="tags", rounds=1, p_epochs=2)
+    run(config, data, cache_dir, tmp_path / "model.pt")
+    first_round, second_epoch, last_p_step = (
+        undrawn[i : i + STEPS_PER_EPOCH] for i in range(0, 3 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
+    )
+    assert len(undrawn) == 3 * STEPS_PER_EPOCH
+    assert all(all(batch) for batch in first_round + last_p_step)
+    assert not any(any(batch) for batch in second_epoch)
 
 
 def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
