@@ -85,8 +85,8 @@ class TrainConfig:
     )
     k: int = setting(
         10,
-        "Conditional samples per image: pseudo labels per P-step image, samples of Algorithm 1 "
-        "in the C-step.",
+        "Conditional samples per image: the pseudo labels of each image in a P-step (drawn once "
+        "per P-step), the samples of Algorithm 1 in the C-step.",
     )
     gamma: float = setting(
         0.5,
