@@ -181,6 +181,13 @@ class TrainConfig:
         "or --backbone-weights.",
         panel=OPTIMISATION,
     )
+    max_grad_norm: float = setting(
+        5.0,
+        "The prediction network's gradients are scaled down to this norm when larger (0: never). "
+        "The median norm is about 0.2, so only loss spikes are clipped; unclipped, one spike "
+        "late in training can leave Mask R-CNN's classifier diverged.",
+        panel=OPTIMISATION,
+    )
     batch_size: int = setting(
         2, "Images per step (per process under torchrun).", panel=OPTIMISATION
     )
@@ -228,6 +235,7 @@ class TrainConfig:
             )
             >= 0,
             "learning rates must be positive": min(self.lr_conditional, self.lr_prediction) > 0,
+            "max_grad_norm must be 0 or more": self.max_grad_norm >= 0,
             "seed_ratio must be in (0, 1]": 0 < self.seed_ratio <= 1,
             "unclaimed must be ignore or background": self.unclaimed in UNCLAIMED_CHOICES,
             "batch_size must be at least 1": self.batch_size >= 1,

@@ -136,6 +136,10 @@ class Trainer:
         optimizer.zero_grad(set_to_none=True)
         objective.backward()
         average_gradients([getattr(self.bundle, trained)], self.rank)
+        if trained == "prediction" and self.config.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(
+                self.bundle.prediction.parameters(), self.config.max_grad_norm
+            )
         optimizer.step()
         return {k: float(v.detach()) for k, v in terms.items()}
 

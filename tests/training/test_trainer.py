@@ -177,6 +177,32 @@ def test_each_p_step_draws_its_samples_once_per_item(data, cache_dir, tmp_path, 
     assert not any(any(batch) for batch in second_epoch)
 
 
+@pytest.mark.parametrize("max_grad_norm", [5.0, 0.0])
+def test_a_loss_spike_moves_the_prediction_network_by_a_clipped_gradient(
+    data, cache_dir, tmp_path, monkeypatch, max_grad_norm
+):
+    def spike(batch, bundle, config, device):
+        return {"loss_spike": 1e4 * sum(p.square().sum() for p in bundle.prediction.parameters())}
+
+    norms = []
+    record_step = Trainer.after_step
+
+    def record_gradient_norm(self, *args):
+        grads = [p.grad for p in self.bundle.prediction.parameters() if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        record_step(self, *args)
+
+    monkeypatch.setitem(trainer_module.STEP_LOSSES, "supervised", spike)
+    monkeypatch.setattr(Trainer, "after_step", record_gradient_norm)
+    config = dataclasses.replace(TINY, supervision="masks", max_grad_norm=max_grad_norm)
+    run(config, data, cache_dir, tmp_path / "model.pt")
+    assert len(norms) == config.schedule.prediction_epochs * STEPS_PER_EPOCH
+    if max_grad_norm:
+        assert max(norms) <= max_grad_norm * 1.001
+    else:
+        assert min(norms) > 100, "the spike's gradient is large unclipped"
+
+
 def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
     def nan_loss(batch, bundle, config, device):
         return {"loss_mil": torch.tensor(float("nan"), requires_grad=True)}
