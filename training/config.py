@@ -181,6 +181,12 @@ class TrainConfig:
         "or --backbone-weights.",
         panel=OPTIMISATION,
     )
+    lr_drop_epochs: int = setting(
+        3,
+        "The prediction network's last epochs (of its last P-step, or of the supervised phase) "
+        "run at a tenth of its learning rate, as Mask R-CNN's schedules end (0: never).",
+        panel=OPTIMISATION,
+    )
     max_grad_norm: float = setting(
         5.0,
         "The prediction network's gradients are scaled down to this norm when larger (0: never). "
@@ -236,6 +242,7 @@ class TrainConfig:
             >= 0,
             "learning rates must be positive": min(self.lr_conditional, self.lr_prediction) > 0,
             "max_grad_norm must be 0 or more": self.max_grad_norm >= 0,
+            "lr_drop_epochs must be 0 or more": self.lr_drop_epochs >= 0,
             "seed_ratio must be in (0, 1]": 0 < self.seed_ratio <= 1,
             "unclaimed must be ignore or background": self.unclaimed in UNCLAIMED_CHOICES,
             "batch_size must be at least 1": self.batch_size >= 1,

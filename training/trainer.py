@@ -122,12 +122,23 @@ class Trainer:
         )
         with bar:
             for epoch in range(phase.epochs):
+                self.set_learning_rate(phase, epoch)
                 for batch in self.batches():
                     start = time.perf_counter()
                     terms = self.run_step(batch, phase)
                     self.after_step(phase, epoch, terms, time.perf_counter() - start, len(batch))
                     bar.set_postfix({k.removeprefix("loss_"): f"{v:.3f}" for k, v in terms.items()})
                     bar.update()
+
+    def set_learning_rate(self, phase: Phase, epoch: int) -> None:
+        """The prediction network's rate drops tenfold for the last `lr_drop_epochs` of its
+        last phase."""
+        if TRAINED_NETWORK[phase.name] != "prediction":
+            return
+        last_phase = schedule(self.config)[-1] == phase
+        dropped = last_phase and epoch >= phase.epochs - self.config.lr_drop_epochs
+        for group in self.optimizers["prediction"].param_groups:
+            group["lr"] = self.config.lr_prediction * (0.1 if dropped else 1.0)
 
     def run_step(self, batch: list[TrainingItem], phase: Phase) -> dict[str, float]:
         terms = STEP_LOSSES[phase.name](batch, self.bundle, self.config, self.device)

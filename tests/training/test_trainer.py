@@ -203,6 +203,31 @@ def test_a_loss_spike_moves_the_prediction_network_by_a_clipped_gradient(
         assert min(norms) > 100, "the spike's gradient is large unclipped"
 
 
+def test_the_learning_rate_drops_for_the_last_epochs_of_the_last_p_step(
+    data, cache_dir, tmp_path, monkeypatch
+):
+    rates = []  # (phase, round, epoch, the prediction network's learning rate) per step
+    record_step = Trainer.after_step
+
+    def record_rate(self, phase, epoch, *args):
+        rate = self.optimizers["prediction"].param_groups[0]["lr"]
+        rates.append((phase.name, phase.round, epoch, rate))
+        record_step(self, phase, epoch, *args)
+
+    monkeypatch.setattr(Trainer, "after_step", record_rate)
+    config = dataclasses.replace(
+        TINY, supervision="tags", rounds=1, p_epochs=2, final_p_epochs=3, lr_drop_epochs=2
+    )
+    run(config, data, cache_dir, tmp_path / "model.pt")
+    base = config.lr_prediction
+    p_steps = [(r, epoch, rate) for name, r, epoch, rate in rates if name == "p_step"]
+    assert len(p_steps) == (2 + 3) * STEPS_PER_EPOCH
+    assert all(rate == base for r, _, rate in p_steps if r == 1)
+    last = [(epoch, rate) for r, epoch, rate in p_steps if r == 2]
+    assert [rate for epoch, rate in last if epoch == 0] == [base] * STEPS_PER_EPOCH
+    assert all(rate == pytest.approx(base / 10) for epoch, rate in last if epoch >= 1)
+
+
 def test_non_finite_loss_raises_floating_point_error(data, cache_dir, tmp_path, monkeypatch):
     def nan_loss(batch, bundle, config, device):
         return {"loss_mil": torch.tensor(float("nan"), requires_grad=True)}
