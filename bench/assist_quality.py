@@ -29,6 +29,9 @@ def main() -> None:
     parser.add_argument("--images", type=Path, required=True)
     parser.add_argument("--hints", choices=("tags", "boxes"), default="tags")
     parser.add_argument("--k", type=int, default=10)
+    parser.add_argument(
+        "--draws", type=int, help="draw this many and keep the k most frequent distinct ones"
+    )
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -46,7 +49,9 @@ def main() -> None:
             hints = BoxAnnotation(torch.from_numpy(gt.boxes), torch.from_numpy(gt.labels))
             proposals = propose(sample.image, gt.boxes, settings=bundle.proposal_settings)
         generator = torch.Generator().manual_seed(args.seed)
-        samples = bundle.conditional.sample(sample.image, proposals, hints, args.k, generator)
+        samples = bundle.conditional.sample(
+            sample.image, proposals, hints, args.k, generator, draws=args.draws
+        )
         quality = assist_quality(
             [
                 [(int(c), m.numpy()) for c, m in zip(s.labels, s.masks, strict=True)]

@@ -32,7 +32,7 @@ from models.descriptors import (
     working_copy,
 )
 from models.images import as_image_tensor
-from models.inference import InferenceConfig, consistent_argmax, to_instances
+from models.inference import InferenceConfig, consistent_argmax, most_frequent, to_instances
 from models.pairwise import proposal_affinity, refine_scores
 from models.structures import InstanceSet
 from models.unet import UNet
@@ -227,8 +227,12 @@ class ConditionalNet(nn.Module):
         annotation: Annotation,
         k: int,
         generator: torch.Generator | None = None,
+        draws: int | None = None,
     ) -> list[InstanceSet]:
-        """K instance segmentations of the image, each consistent with the annotation.
+        """K instance segmentations of the image, each consistent with the annotation: K
+        independent draws, or with `draws` (>= k) that many draws and of them the k most
+        frequent distinct outputs, the most frequent first (`most_frequent`; fewer when fewer
+        differ).
 
         image: HxWx3 uint8 array or FloatTensor[3, H, W] in [0, 1]; proposals: BoolTensor[P, H,
         W]. For boxes, each box's filled rectangle joins the proposals when missing, so a
@@ -236,6 +240,8 @@ class ConditionalNet(nn.Module):
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        if draws is not None and draws < k:
+            raise ValueError(f"draws must be at least k ({k}), got {draws}")
         image = as_image_tensor(image).to(self.image_mean.device)
         size = tuple(image.shape[-2:])
         if isinstance(annotation, BoxAnnotation):
@@ -244,11 +250,10 @@ class ConditionalNet(nn.Module):
         else:
             annotation.validate(self.num_classes)
         context = describe_proposals(image.cpu(), proposals.cpu(), self.config)
-        scores = self(image, context.to(image.device), k, generator).cpu()
+        scores = self(image, context.to(image.device), draws or k, generator).cpu()
         candidates = self.candidates(proposals.cpu(), annotation)
-        return [
-            to_instances(
-                consistent_argmax(s, candidates, annotation, self.config.inference), candidates, s
-            )
-            for s in scores
+        selections = [
+            consistent_argmax(s, candidates, annotation, self.config.inference) for s in scores
         ]
+        kept = most_frequent(selections, k) if draws is not None else range(k)
+        return [to_instances(selections[i], candidates, scores[i]) for i in kept]

@@ -244,6 +244,21 @@ def delta_augmentation(
     return torch.where(best_iou[:, None] > 0, geometric + class_term, full_mismatch)
 
 
+def most_frequent(selections: list[Selection], k: int) -> list[int]:
+    """The indices of at most k distinct outputs among `selections` (draws of one
+    distribution), the most frequent first (ties: the earlier drawn), each by its first draw.
+    Two selections are the same output when they hold the same (candidate, class) pairs."""
+    first: dict[tuple, int] = {}
+    counts: dict[tuple, int] = {}
+    for index, selection in enumerate(selections):
+        pairs = zip(selection.candidate_ids.tolist(), selection.labels.tolist(), strict=True)
+        key = tuple(sorted(pairs))
+        first.setdefault(key, index)
+        counts[key] = counts.get(key, 0) + 1
+    ranked = sorted(first, key=lambda key: (-counts[key], first[key]))
+    return [first[key] for key in ranked[:k]]
+
+
 def to_instances(selection: Selection, candidates: Candidates, scores: Tensor) -> InstanceSet:
     """The InstanceSet of a selection; an instance's score is its class probability."""
     ids = selection.candidate_ids

@@ -68,10 +68,11 @@ class PseudoLabelResponse(BaseModel):
     width: int
     height: int
     samples: list[Sample] = Field(
-        description="k samples of the conditional network, each consistent with the hints"
+        description="at most k distinct samples of the conditional network, each consistent "
+        "with the hints, the most frequent of 4k draws first"
     )
     diversity: float = Field(
-        description="mean task loss Δ (in [0, 3]) over pairs of samples; 0 when k = 1"
+        description="mean task loss Δ (in [0, 3]) over pairs of samples; 0 for one sample"
     )
 
 

@@ -2,6 +2,7 @@
 the annotation, reproducible for a seed, driven by the noise, and cost one trunk pass for K samples;
 and the boundary-aware pairwise refinement."""
 
+import collections
 import dataclasses
 import functools
 
@@ -122,6 +123,23 @@ def test_box_samples_are_consistent(data):
     assert len(samples) == K
     for sample in samples:
         assert_box_consistent(sample, boxes, CONFIG.inference.box_iou_threshold)
+
+
+def test_samples_of_many_draws_are_the_most_frequent_distinct_outputs(net):
+    (image, proposals), tags = twin_discs(), TagAnnotation((1,))
+    draws = net.sample(image, proposals, tags, 40, generator=torch.Generator().manual_seed(3))
+    samples = net.sample(
+        image, proposals, tags, 4, generator=torch.Generator().manual_seed(3), draws=40
+    )
+    counts = collections.Counter(_output_key(s) for s in draws)
+    assert len(counts) > 1, "the draws must differ for the ranking to be tested"
+    assert [_output_key(s) for s in samples] == [key for key, _ in counts.most_common(4)]
+    with pytest.raises(ValueError, match="draws"):
+        net.sample(image, proposals, tags, 4, draws=3)
+
+
+def _output_key(sample):
+    return tuple(sorted(zip(sample.proposal_ids.tolist(), sample.labels.tolist(), strict=True)))
 
 
 def test_same_seed_gives_the_same_samples(net):

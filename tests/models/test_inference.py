@@ -22,6 +22,7 @@ from models.inference import (
     candidate_margins,
     consistent_argmax,
     delta_augmentation,
+    most_frequent,
     selection_score,
     to_instances,
     unclaimed_instances,
@@ -298,3 +299,21 @@ def test_loss_augmentation_against_an_empty_reference_is_a_full_mismatch():
     candidates = tag_candidates(torch.ones((2, 8, 8), dtype=torch.bool))
     augmentation = delta_augmentation(candidates, InstanceSet.empty((8, 8)), 3)
     assert augmentation.shape == (2, 4) and (augmentation == 3).all()
+
+
+def test_most_frequent_ranks_distinct_outputs_by_count_then_draw_order():
+    def selection(*pairs):
+        ids, labels = zip(*pairs, strict=True) if pairs else ((), ())
+        return Selection(torch.tensor(ids, dtype=torch.int64), torch.tensor(labels))
+
+    draws = [
+        selection((3, 1)),
+        selection((4, 2), (0, 1)),
+        selection((0, 1), (4, 2)),  # the second output, its pairs in another order
+        selection((3, 2)),  # another class on the same candidate: another output
+        selection((4, 2), (0, 1)),
+        selection((3, 1)),
+    ]
+    assert most_frequent(draws, 10) == [1, 0, 3]
+    assert most_frequent(draws, 2) == [1, 0]
+    assert most_frequent([selection()] * 3, 2) == [0]

@@ -30,7 +30,9 @@ def test_every_sample_has_exactly_the_tagged_classes(client, image_index, tags) 
     body = response.json()
     assert body["model"] == response.headers["x-discoseg-model"]
     assert (body["width"], body["height"]) == (IMAGE_SIZE, IMAGE_SIZE)
-    assert len(body["samples"]) == 6
+    assert 1 <= len(body["samples"]) <= 6
+    outputs = [tuple(i["mask"]["counts"] for i in s["instances"]) for s in body["samples"]]
+    assert len(set(outputs)) == len(outputs), "the samples are distinct outputs"
     assert 0 <= body["diversity"] <= 3
     for sample in body["samples"]:
         assert {instance["label"] for instance in sample["instances"]} == set(tags)
@@ -105,9 +107,9 @@ def test_one_sample_has_no_diversity(client) -> None:
     assert body["diversity"] == 0
 
 
-def test_empty_tags_give_empty_samples(client) -> None:
+def test_empty_tags_give_one_empty_sample(client) -> None:
     body = _post(client, 8, tags="[]", k=2).json()
-    assert [sample["instances"] for sample in body["samples"]] == [[], []]
+    assert [sample["instances"] for sample in body["samples"]] == [[]]
 
 
 @pytest.mark.parametrize(
