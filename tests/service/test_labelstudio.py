@@ -81,7 +81,7 @@ def test_rectangles_become_box_hints_and_k_samples(client) -> None:
             "annotations": [{"result": [rectangle(label, box) for label, box in boxes]}]}
     body = predict(client, [task])
     (predictions,) = body["results"]
-    assert len(predictions) == 3  # DISCOSEG_LABEL_STUDIO_K samples
+    assert 1 <= len(predictions) <= 3  # at most DISCOSEG_LABEL_STUDIO_K distinct samples
     for prediction in predictions:
         labels = sorted(r["value"]["brushlabels"][0] for r in prediction["result"])
         assert labels == ["disc", "square"]
@@ -105,7 +105,7 @@ def test_choices_become_tags_polygons_are_in_percent_and_unknown_labels_are_repo
         "labels the model lacks (left out): dog; the model's classes: " + ", ".join(CLASSES)
     ]
     for predictions in body["results"]:
-        assert len(predictions) == 3
+        assert 1 <= len(predictions) <= 3
         for prediction in predictions:
             kinds = {r["type"] for r in prediction["result"]}
             assert kinds == {"polygonlabels"}
