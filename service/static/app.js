@@ -596,7 +596,7 @@ function renderResults() {
     segment: () => `Prediction network: ${results.samples[0].instances.length} instances`,
     refine: () => `${count} candidates · ${results.model}`,
     "pseudo-labels": () =>
-      `${count} samples · diversity ${results.diversity.toFixed(3)} · ${results.model}`,
+      `${count} ${count === 1 ? "sample" : "samples"} · diversity ${results.diversity.toFixed(3)} · ${results.model}`,
   };
   $("result-info").textContent = describe[results.kind]();
   container.replaceChildren(
