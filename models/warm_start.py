@@ -8,9 +8,10 @@ first P-step (docs/design.md, Warm start), when there is no prediction network o
   extra `prior_weight` times the prior (0 by default: more of it made the seeds worse). On
   top, OICR-style self-training: the top proposal of each tag under the detection stream is
   a seed, and so is each proposal of the tag scoring at least `seed_ratio` times the top that
-  overlaps no other seed (a tag may have several instances); proposals overlapping a seed
-  (IoU >= 0.5) become positives of the tag, proposals overlapping no seed become background.
-  No two tags seed the same object.
+  overlaps no other seed (a tag may have several instances). Each seed grows to the candidate
+  of highest objectness prior that contains it (the whole object of a discriminative part).
+  Proposals overlapping a seed (IoU >= 0.5) become positives of the tag, proposals overlapping
+  no seed become background. No two tags seed the same object.
 - boxes: self-training seeded by GrabCut: in each box, the candidate closest to GrabCut's
   foreground and those nearly repeating it are positives of the box's class; the rest of the box
   and proposals that fit no box are background. (Filling the box is no criterion: the box's
@@ -68,9 +69,12 @@ def tag_self_training_labels(
     detection = detection_scores(scores, prior, prior_weight)[candidates.proposal_ids]
     covered = torch.zeros(len(candidates), dtype=torch.bool)
     taken = torch.zeros(len(candidates), dtype=torch.bool)
+    candidate_prior = prior[candidates.proposal_ids]
     tag_order = sorted(tags.labels, key=lambda label: -float(detection[:, label - 1].max()))
     for label in tag_order:
         seeds = instance_seeds(detection[:, label - 1], candidates, seed_ratio, excluded=taken)
+        grown = (whole_object(seed, candidates, candidate_prior, taken) for seed in seeds)
+        seeds = list(dict.fromkeys(grown))
         for seed in seeds:
             labels[candidates.proposal_ids[candidates.iou[seed] >= positive_iou]] = label
             covered |= candidates.intersection[seed] > 0
@@ -79,6 +83,25 @@ def tag_self_training_labels(
             taken |= overlap.any(dim=1)
     labels[candidates.proposal_ids[~covered]] = 0
     return labels
+
+
+def whole_object(
+    seed: int, candidates: Candidates, prior: Tensor, excluded: Tensor, containment: float = 0.9
+) -> int:
+    """The seed grown to the object it is part of: of the candidates that hold at least
+    `containment` of the seed's pixels (the seed among them) and are not `excluded`
+    (BoolTensor[Q]), the one of highest objectness prior (FloatTensor[Q]).
+
+    The detection stream's top candidate is often a discriminative part, such as an arc of a
+    disc's rim; the whole object contains it and has the stronger contour and colour contrast
+    (warm-start picks of the right object, mean of three training seeds: 154 -> 166 of 263).
+    """
+    containing = candidates.intersection[seed] >= containment * candidates.areas[seed]
+    containing &= ~excluded
+    containing[seed] = True
+    ids = containing.nonzero().squeeze(1)
+    best = int(ids[prior[ids].argmax()])
+    return best if prior[best] > prior[seed] else seed
 
 
 def instance_seeds(

@@ -15,6 +15,7 @@ from models.warm_start import (
     instance_seeds,
     multiple_instance_loss,
     tag_self_training_labels,
+    whole_object,
 )
 
 SIZE = (32, 32)
@@ -125,6 +126,38 @@ def test_two_tags_never_seed_the_same_object() -> None:
         scores, candidates, TagAnnotation((1, 2)), torch.zeros(4), 0.0, seed_ratio=1.0
     )
     assert labels.tolist() == [1, IGNORE, 2, 0]
+
+
+def _object_and_its_rim() -> tuple[object, torch.Tensor]:
+    """Candidates: an object, an arc of its rim, the object merged with a neighbour, and a far
+    object; and their objectness prior (the far one highest, the arc lowest)."""
+    masks = torch.zeros((4, *SIZE), dtype=torch.bool)
+    masks[0, 4:14, 4:14] = True
+    masks[1, 4:14, 4:6] = True
+    masks[2, 4:14, 4:20] = True
+    masks[3, 22:30, 22:30] = True
+    return tag_candidates(masks), torch.tensor([1.0, 0.2, 0.5, 2.0])
+
+
+def test_a_seed_grows_to_the_whole_object_that_contains_it() -> None:
+    candidates, prior = _object_and_its_rim()
+    none = torch.zeros(4, dtype=torch.bool)
+    assert whole_object(1, candidates, prior, none) == 0, "the object, not the merged region"
+    assert whole_object(0, candidates, prior, none) == 0, "the merged region has less prior"
+    assert whole_object(3, candidates, prior, none) == 3
+    assert whole_object(1, candidates, torch.zeros(4), none) == 1, "no more prior: no growth"
+    assert whole_object(1, candidates, prior, torch.tensor([True, False, False, False])) == 2
+    assert whole_object(1, candidates, prior, torch.tensor([True, False, True, False])) == 1
+
+
+def test_the_self_training_labels_of_a_rim_seed_are_the_whole_objects() -> None:
+    candidates, prior = _object_and_its_rim()
+    detection = torch.tensor([0.2, 0.6, 0.1, 0.1])  # WSDDN's top proposal: the arc
+    scores = torch.stack([torch.full((4,), -20.0), detection.log()], dim=1)
+    labels = tag_self_training_labels(
+        scores, candidates, TagAnnotation((1,)), prior, 0.0, seed_ratio=1.0
+    )
+    assert labels.tolist() == [1, IGNORE, 1, 0], "the merged region repeats the object: IoU 0.62"
 
 
 def test_instance_seeds_pass_over_excluded_candidates() -> None:
