@@ -49,7 +49,7 @@ def main() -> None:
             hints = BoxAnnotation(torch.from_numpy(gt.boxes), torch.from_numpy(gt.labels))
             proposals = propose(sample.image, gt.boxes, settings=bundle.proposal_settings)
         generator = torch.Generator().manual_seed(args.seed)
-        samples = bundle.conditional.sample(
+        samples = bundle.pseudo_labels(
             sample.image, proposals, hints, args.k, generator, draws=args.draws
         )
         quality = assist_quality(

@@ -52,5 +52,5 @@ def tag_picks(
         tags = TagAnnotation(tuple(sorted(sample.tags)))
         proposals = cache.get(sample.image)
         generator = torch.Generator().manual_seed(0)
-        pick = bundle.conditional.sample(sample.image, proposals, tags, 1, generator)[0]
+        pick = bundle.pseudo_labels(sample.image, proposals, tags, 1, generator)[0]
         yield sample, dataset.ground_truth(index), tags, proposals, pick

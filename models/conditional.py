@@ -219,6 +219,18 @@ class ConditionalNet(nn.Module):
     def candidates(self, proposals: Tensor, annotation: Annotation) -> Candidates:
         return annotation_candidates(proposals, annotation, self.config.inference.box_iou_threshold)
 
+    def consistent_proposals(
+        self, proposals: Tensor, annotation: Annotation, image_size: tuple[int, int]
+    ) -> Tensor:
+        """The proposals `sample` chooses among: given boxes, each box's filled rectangle joins
+        them when missing, so that a consistent output always exists. proposals: BoolTensor[P,
+        H, W]. Raises ValueError for an annotation invalid for this network or image size."""
+        if isinstance(annotation, BoxAnnotation):
+            annotation.validate(self.num_classes, image_size)
+            return with_box_rectangles(proposals, annotation)
+        annotation.validate(self.num_classes)
+        return proposals
+
     @torch.no_grad()
     def sample(
         self,
@@ -228,6 +240,8 @@ class ConditionalNet(nn.Module):
         k: int,
         generator: torch.Generator | None = None,
         draws: int | None = None,
+        evidence: Tensor | None = None,
+        leading: int = 0,
     ) -> list[InstanceSet]:
         """K instance segmentations of the image, each consistent with the annotation: K
         independent draws, or with `draws` (>= k) that many draws and of them the k most
@@ -235,25 +249,30 @@ class ConditionalNet(nn.Module):
         differ).
 
         image: HxWx3 uint8 array or FloatTensor[3, H, W] in [0, 1]; proposals: BoolTensor[P, H,
-        W]. For boxes, each box's filled rectangle joins the proposals when missing, so a
-        consistent output always exists. Raises ValueError for an invalid annotation.
+        W], completed by `consistent_proposals`; evidence: FloatTensor[P', C+1] added to every
+        draw's scores, or FloatTensor[D, P', C+1] one per draw, a row per proposal of
+        `consistent_proposals` (ModelBundle.pseudo_labels gives the prediction network's);
+        leading: with `draws`, the outputs of the first `leading` draws rank first
+        (`most_frequent`). Raises ValueError for an invalid annotation.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
         if draws is not None and draws < k:
             raise ValueError(f"draws must be at least k ({k}), got {draws}")
         image = as_image_tensor(image).to(self.image_mean.device)
-        size = tuple(image.shape[-2:])
-        if isinstance(annotation, BoxAnnotation):
-            annotation.validate(self.num_classes, size)
-            proposals = with_box_rectangles(proposals, annotation)
-        else:
-            annotation.validate(self.num_classes)
+        proposals = self.consistent_proposals(proposals, annotation, tuple(image.shape[-2:]))
         context = describe_proposals(image.cpu(), proposals.cpu(), self.config)
         scores = self(image, context.to(image.device), draws or k, generator).cpu()
+        if evidence is not None:
+            if evidence.shape not in (scores.shape, scores.shape[1:]):
+                raise ValueError(
+                    f"evidence must be {tuple(scores.shape[1:])} (proposals, classes + 1) or "
+                    f"{tuple(scores.shape)} (one per draw), got {tuple(evidence.shape)}"
+                )
+            scores = scores + evidence.cpu()
         candidates = self.candidates(proposals.cpu(), annotation)
         selections = [
             consistent_argmax(s, candidates, annotation, self.config.inference) for s in scores
         ]
-        kept = most_frequent(selections, k) if draws is not None else range(k)
+        kept = most_frequent(selections, k, leading) if draws is not None else range(k)
         return [to_instances(selections[i], candidates, scores[i]) for i in kept]

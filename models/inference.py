@@ -244,18 +244,22 @@ def delta_augmentation(
     return torch.where(best_iou[:, None] > 0, geometric + class_term, full_mismatch)
 
 
-def most_frequent(selections: list[Selection], k: int) -> list[int]:
+def most_frequent(selections: list[Selection], k: int, leading: int = 0) -> list[int]:
     """The indices of at most k distinct outputs among `selections` (draws of one
     distribution), the most frequent first (ties: the earlier drawn), each by its first draw.
-    Two selections are the same output when they hold the same (candidate, class) pairs."""
+    With `leading`, outputs rank first by their count among the first `leading` draws (those of
+    a preferred distribution), then by their count among all. Two selections are the same
+    output when they hold the same (candidate, class) pairs."""
     first: dict[tuple, int] = {}
     counts: dict[tuple, int] = {}
+    leading_counts: dict[tuple, int] = {}
     for index, selection in enumerate(selections):
         pairs = zip(selection.candidate_ids.tolist(), selection.labels.tolist(), strict=True)
         key = tuple(sorted(pairs))
         first.setdefault(key, index)
         counts[key] = counts.get(key, 0) + 1
-    ranked = sorted(first, key=lambda key: (-counts[key], first[key]))
+        leading_counts[key] = leading_counts.get(key, 0) + int(index < leading)
+    ranked = sorted(first, key=lambda key: (-leading_counts[key], -counts[key], first[key]))
     return [first[key] for key in ranked[:k]]
 
 

@@ -206,6 +206,17 @@ class ProposalMaskRCNN(nn.Module):
             image_sizes=list(image_list.image_sizes),
         )
 
+    @torch.no_grad()
+    def class_log_probs(self, image: Tensor, regions: RegionProposals) -> Tensor:
+        """FloatTensor[P, C+1]: the log-probabilities of the classes (background 0) of each
+        proposal of one image, FloatTensor[3, H, W] in [0, 1], as evaluation scores them."""
+        was_training = self.training
+        self.eval()
+        try:
+            return self.region_outputs([image], [regions]).class_logits.log_softmax(dim=1)
+        finally:
+            self.train(was_training)
+
     def mask_logits(
         self, outputs: RegionOutputs, proposals: list[RegionProposals], rows: list[Tensor]
     ) -> Tensor:

@@ -330,7 +330,7 @@ class ModelRuntime:
         generator = torch.Generator().manual_seed(secrets.randbits(63) if seed is None else seed)
         with self.metrics.time_model("sample"):
             try:
-                samples = self.bundle.conditional.sample(
+                samples = self.bundle.pseudo_labels(
                     working, proposals, working_hints, k, generator, draws=DRAWS_PER_SAMPLE * k
                 )
             except ValueError as error:

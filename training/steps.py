@@ -88,11 +88,14 @@ def draw_pseudo_labels(
     k: int,
     ignore_unclaimed: bool,
     device: torch.device,
+    evidence: Tensor | None = None,
 ) -> list[PseudoLabel]:
-    """K samples of the conditional network for one item, consistent with its annotation. With
-    `ignore_unclaimed` each names the instances it leaves out for the per-tag limit
-    (models.inference.unclaimed_instances)."""
+    """K samples of the conditional network for one item, consistent with its annotation,
+    `evidence` FloatTensor[P, C+1] added to its scores. With `ignore_unclaimed` each names the
+    instances it leaves out for the per-tag limit (models.inference.unclaimed_instances)."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
+    if evidence is not None:
+        scores = scores + evidence
     candidates = item.candidates()
     inference = conditional.config.inference
     labels = []
@@ -154,13 +157,18 @@ def p_step_loss(
 ) -> dict[str, Tensor]:
     """Mask R-CNN on K pseudo labels per image, with the self-diversity term. The conditional
     network does not change during a P-step, so each item's K samples are drawn once per phase
-    (at its first step; the trainer clears them between phases): a fifth of a step's time."""
+    (at its first step; the trainer clears them between phases): a fifth of a step's time.
+    Given tags, once the prediction network has trained, they are drawn with its class
+    evidence joined to the conditional network's scores (ModelBundle.class_evidence)."""
     ignore_unclaimed = config.unclaimed == "ignore"
     targets = []
     for item in batch:
         if item.pseudo_labels is None:
+            evidence = None
+            if isinstance(item.annotation, TagAnnotation) and bundle.prediction_trained:
+                evidence = bundle.class_evidence(item.tensor, item.region_proposals())
             item.pseudo_labels = draw_pseudo_labels(
-                item, bundle.conditional, config.k, ignore_unclaimed, device
+                item, bundle.conditional, config.k, ignore_unclaimed, device, evidence
             )
         candidates = item.candidates()
         targets.append([pseudo_target(label, candidates) for label in item.pseudo_labels])

@@ -178,6 +178,8 @@ class Trainer:
             self.bundle.metadata.update(
                 {"training": self.config.as_dict(), "completed_phases": self.completed}
             )
+            if TRAINED_NETWORK[phase.name] == "prediction":
+                self.bundle.metadata["prediction_trained"] = True
             save_bundle(self.bundle, self.out)
             self.save_state()
 

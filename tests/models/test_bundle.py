@@ -5,15 +5,20 @@ import pytest
 import torch
 import torchvision
 
+from models.annotations import BoxAnnotation, TagAnnotation
 from models.bundle import (
+    PREDICTION_EVIDENCE_WEIGHT,
     BundleError,
     build_bundle,
     file_digest,
     load_bundle,
     save_bundle,
 )
+from models.candidates import box_rectangles
 from models.conditional import ConditionalConfig
+from models.images import as_image_tensor
 from models.proposals import ProposalSettings
+from models.regions import describe_regions
 
 CONFIG = ConditionalConfig(trunk_widths=(8, 16), hidden_channels=16)
 
@@ -43,6 +48,7 @@ def test_round_trip_keeps_weights_and_settings(bundle_file: Path) -> None:
     assert loaded.metadata == {
         "supervision": "tags",
         "rounds": 2,
+        "prediction_trained": False,
         "initialisation": {"backbone_weights": None, "coco_weights": None},
     }
     assert not loaded.prediction.training and not loaded.conditional.training
@@ -155,3 +161,92 @@ def test_segment_works_at_the_working_size_and_answers_at_the_image_size(
     assert instances.masks.shape[1:] == (300, 600)
     assert len(instances) >= 1 and (instances.scores.diff() <= 0).all()
     assert len(bundle.segment(image, score_threshold=1.0, proposer=proposer)) == 0
+
+
+def _two_squares(size: int = 96) -> tuple[np.ndarray, torch.Tensor]:
+    """An image with two grey squares and three proposals: each square and the background."""
+    image = np.full((size, size, 3), 40, dtype=np.uint8)
+    masks = torch.zeros((3, size, size), dtype=torch.bool)
+    masks[0, 10:40, 10:40] = True
+    masks[1, 50:80, 50:80] = True
+    masks[2] = ~(masks[0] | masks[1])
+    image[masks[0].numpy()] = 200
+    image[masks[1].numpy()] = 120
+    return image, masks
+
+
+def test_class_evidence_is_the_prediction_networks_weighted_log_probabilities(
+    bundle_file: Path,
+) -> None:
+    bundle = load_bundle(bundle_file)
+    bundle.prediction.train()
+    image, masks = _two_squares()
+    tensor = as_image_tensor(image)
+    evidence = bundle.class_evidence(tensor, describe_regions(tensor, masks))
+    assert evidence.shape == (3, bundle.num_classes + 1)
+    total = (evidence / PREDICTION_EVIDENCE_WEIGHT).logsumexp(dim=1)
+    torch.testing.assert_close(total, torch.zeros(3), atol=1e-5, rtol=0)
+    assert bundle.prediction.training  # scored as in evaluation, its mode restored
+
+
+@pytest.mark.parametrize("favoured", [0, 1])
+def test_pseudo_labels_follow_the_prediction_networks_evidence(
+    bundle_file: Path, favoured: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the prediction network is sure which object is the tagged class's, the draws that
+    take its evidence (the first half) take that object, whatever the untrained conditional
+    network prefers."""
+    bundle = load_bundle(bundle_file)
+    bundle.metadata["prediction_trained"] = True
+    image, masks = _two_squares()
+    log_probs = torch.full((3, bundle.num_classes + 1), -10.0)
+    log_probs[:, 0] = 0.0
+    log_probs[favoured] = torch.tensor([-10.0, 0.0, -10.0])
+    monkeypatch.setattr(bundle.prediction, "class_log_probs", lambda image, regions: log_probs)
+    samples = bundle.pseudo_labels(
+        image, masks, TagAnnotation((1,)), 4, torch.Generator().manual_seed(0)
+    )
+    assert len(samples) == 4
+    for sample in samples[:2]:
+        assert sample.labels.tolist() == [1]
+        assert sample.masks[0].bool().equal(masks[favoured])
+    alone = bundle.conditional.sample(
+        image, masks, TagAnnotation((1,)), 4, torch.Generator().manual_seed(0)
+    )
+    for sample, own in zip(samples[2:], alone[2:], strict=True):  # the other half: its own
+        assert sample.masks.equal(own.masks)
+
+
+def test_an_untrained_prediction_network_adds_no_evidence(
+    bundle_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = load_bundle(bundle_file)
+    assert not bundle.prediction_trained
+
+    def refuse(image: torch.Tensor, regions: object) -> torch.Tensor:
+        raise AssertionError("an untrained prediction network was asked for evidence")
+
+    monkeypatch.setattr(bundle.prediction, "class_log_probs", refuse)
+    image, masks = _two_squares()
+    assert len(bundle.pseudo_labels(image, masks, TagAnnotation((1,)), 2)) == 2
+
+
+def test_pseudo_labels_given_boxes_score_the_proposals_that_fit_them(bundle_file: Path) -> None:
+    bundle = load_bundle(bundle_file)
+    image, masks = _two_squares()
+    boxes = BoxAnnotation(torch.tensor([[5.0, 5.0, 45.0, 45.0]]), torch.tensor([2]))
+    window = box_rectangles(boxes, image.shape[:2])[0]
+    samples = bundle.pseudo_labels(image, masks[2:], boxes, 4, torch.Generator().manual_seed(0))
+    for sample in samples:  # the background proposal does not fit the box: the rectangle joins
+        assert sample.labels.tolist() == [2]
+        assert not (sample.masks[0] & ~window).any()
+
+
+def test_pseudo_labels_name_an_invalid_annotation(bundle_file: Path) -> None:
+    bundle = load_bundle(bundle_file)
+    image, masks = _two_squares()
+    with pytest.raises(ValueError, match="class"):
+        bundle.pseudo_labels(image, masks, TagAnnotation((7,)), 2)
+    outside = BoxAnnotation(torch.tensor([[90.0, 90.0, 200.0, 200.0]]), torch.tensor([1]))
+    with pytest.raises(ValueError):
+        bundle.pseudo_labels(image, masks, outside, 2)

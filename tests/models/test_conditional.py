@@ -219,6 +219,9 @@ def test_sample_rejects_bad_input(net):
         net.sample(random_image(0), proposals, outside, 1)
     with pytest.raises(ValueError, match="HxWx3 uint8"):
         net.sample(random_image(0)[..., :2], proposals, TagAnnotation((1,)), 1)
+    evidence = torch.zeros((len(proposals) + 1, NUM_CLASSES + 1))
+    with pytest.raises(ValueError, match="evidence must be"):
+        net.sample(random_image(0), proposals, TagAnnotation((1,)), 1, evidence=evidence)
 
 
 # The boundary prior.

@@ -317,3 +317,7 @@ def test_most_frequent_ranks_distinct_outputs_by_count_then_draw_order():
     assert most_frequent(draws, 10) == [1, 0, 3]
     assert most_frequent(draws, 2) == [1, 0]
     assert most_frequent([selection()] * 3, 2) == [0]
+    # the first draws lead: their outputs first, by their count there, then the others
+    assert most_frequent(draws, 10, leading=1) == [0, 1, 3]
+    assert most_frequent(draws, 10, leading=4) == [1, 0, 3]
+    assert most_frequent(draws[::-1], 10, leading=1) == [0, 1, 2]

@@ -26,6 +26,7 @@ def test_models_names_the_bundle(client) -> None:
     assert body["preset"] == "tiny"
     assert body["device"] == "cpu"
     assert body["metadata"] == {
+        "prediction_trained": False,
         "trained": False,
         "purpose": "tests",
         "initialisation": {"backbone_weights": None, "coco_weights": None},

@@ -182,6 +182,45 @@ def test_a_p_step_draws_each_items_samples_once(setting):
     assert all(torch.isfinite(terms["loss_classifier"]) for terms in (first, second))
 
 
+def picks(labels) -> list[tuple[list[int], list[int]]]:
+    return [(p.selection.candidate_ids.tolist(), p.selection.labels.tolist()) for p in labels]
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_p_step_draws_with_the_trained_prediction_networks_evidence_given_tags(
+    setting, trained: bool
+):
+    items, bundle, dataset, _ = setting
+    items = [dataclasses.replace(item, pseudo_labels=None) for item in items]
+    networks = dataclasses.replace(bundle, metadata={"prediction_trained": trained})
+    generator = torch.Generator().manual_seed(0)
+    evidence = [
+        50 * torch.randn((len(item.regions), bundle.num_classes + 1), generator=generator)
+        for item in items
+    ]
+    asked = []
+
+    def class_evidence(image, regions):
+        asked.append(len(regions))
+        return evidence[len(asked) - 1]
+
+    networks.class_evidence = class_evidence
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    p_step_loss(items, networks, CONFIG, cpu)
+    uses_evidence = trained and dataset.supervision == "tags"
+    assert asked == ([len(item.regions) for item in items] if uses_evidence else [])
+    torch.manual_seed(0)
+    for item, item_evidence in zip(items, evidence, strict=True):
+        added = item_evidence if uses_evidence else None
+        expected = draw_pseudo_labels(item, bundle.conditional, CONFIG.k, True, cpu, added)
+        assert picks(item.pseudo_labels) == picks(expected)
+    if uses_evidence:  # the evidence decides: without it the samples differ
+        torch.manual_seed(0)
+        plain = [draw_pseudo_labels(i, bundle.conditional, CONFIG.k, True, cpu) for i in items]
+        assert [picks(i.pseudo_labels) for i in items] != [picks(labels) for labels in plain]
+
+
 def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score(setting):
     items, *_ = setting
     item = items[0]

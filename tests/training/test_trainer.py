@@ -141,6 +141,7 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
     stop_after_first_phase(config, data, cache_dir, out, monkeypatch)
     assert phase_ends(read_log(out)) == [("warm_start", 0)]
     warm_started = load_bundle(out).conditional.state_dict()
+    assert not load_bundle(out).prediction_trained
 
     changed = dataclasses.replace(config, gamma=0.25)
     with pytest.raises(ValueError, match="settings differ"):
@@ -154,6 +155,7 @@ def test_resume_continues_after_the_completed_phases(data, cache_dir, tmp_path, 
     assert len(warm_start_steps) == STEPS_PER_EPOCH, "the warm start must not run again"
     resumed = load_bundle(out)
     assert resumed.metadata["completed_phases"] == 2
+    assert resumed.prediction_trained
     # the P-step trains only the prediction network: the warm-started weights are kept
     for name, value in resumed.conditional.state_dict().items():
         assert torch.equal(value, warm_started[name]), name
