@@ -1,7 +1,8 @@
-"""Annotation-assist quality of a model's conditional network (docs/design.md, Evaluation).
+"""Annotation-assist quality of a model's pseudo labels (docs/design.md, Evaluation).
 
-For every image of a COCO ground-truth file, the conditional network samples K segmentations
-given the image's tags (or boxes) from the ground truth; prints one JSON object with the mean
+For every image of a COCO ground-truth file, the model samples K segmentations given the
+image's tags (or boxes) from the ground truth, as `/v1/pseudo-labels` does
+(`ModelBundle.pseudo_labels`); prints one JSON object with the mean
 top-1 IoU and best-of-K IoU (training.evaluate.assist_quality) and, for reference, the best IoU
 any proposal reaches (the ceiling of a proposal-based sampler).
 """
@@ -32,11 +33,19 @@ def main() -> None:
     parser.add_argument(
         "--draws", type=int, help="draw this many and keep the k most frequent distinct ones"
     )
+    parser.add_argument(
+        "--conditional-only",
+        action="store_true",
+        help="sample from the conditional network alone, without the prediction network's "
+        "class evidence (what a bundle whose prediction network is untrained serves)",
+    )
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
     bundle = load_bundle(args.model)
+    if args.conditional_only:
+        bundle.metadata["prediction_trained"] = False
     dataset = CocoDataset(args.data, args.images, "masks")
     top1, best_of_k, ceiling = [], [], []
     for index in tqdm(range(min(args.limit, len(dataset))), desc="images"):

@@ -1,4 +1,4 @@
-"""What the conditional network picks given tags, against the ground truth (training images).
+"""What a model picks given tags (`ModelBundle.pseudo_labels`), against the ground truth.
 
 For each image of a COCO ground-truth file, one sample given the image's tags; every picked
 instance is sorted into one kind: right (IoU >= 0.5 with a ground-truth instance of its class),

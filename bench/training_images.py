@@ -46,7 +46,7 @@ def tag_picks(
     bundle: ModelBundle, dataset: CocoDataset, cache: DiskProposalCache, limit: int
 ) -> Iterator[tuple[Sample, Instances, TagAnnotation, torch.Tensor, InstanceSet]]:
     """For each of the first `limit` images: the sample, its ground truth, its tags, its
-    proposals and the conditional network's pick given the tags (one sample, noise seed 0)."""
+    proposals and the model's pick given the tags (one sample, noise seed 0)."""
     for index in range(min(limit, len(dataset))):
         sample = dataset[index]
         tags = TagAnnotation(tuple(sorted(sample.tags)))
