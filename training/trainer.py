@@ -174,12 +174,12 @@ class Trainer:
 
     def after_phase(self, phase: Phase, seconds: float) -> None:
         self._log(event="phase_end", phase=phase.name, round=phase.round, seconds=round(seconds, 2))
+        if TRAINED_NETWORK[phase.name] == "prediction":  # every rank's P-steps read it
+            self.bundle.metadata["prediction_trained"] = True
         if self.rank.is_main:
             self.bundle.metadata.update(
                 {"training": self.config.as_dict(), "completed_phases": self.completed}
             )
-            if TRAINED_NETWORK[phase.name] == "prediction":
-                self.bundle.metadata["prediction_trained"] = True
             save_bundle(self.bundle, self.out)
             self.save_state()
 

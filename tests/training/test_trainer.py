@@ -8,7 +8,7 @@ import torch
 
 import training.trainer as trainer_module
 from models.annotations import BoxAnnotation
-from models.bundle import load_bundle
+from models.bundle import build_bundle, load_bundle
 from models.conditional import ConditionalConfig
 from models.presets import PRESETS
 from models.proposals import propose
@@ -16,6 +16,7 @@ from tests.models.cases import box_pick_ious
 from training.config import SCHEDULES, TrainConfig
 from training.data.coco import CocoDataset
 from training.data.synthetic import CLASSES, generate_dataset
+from training.distributed import Rank
 from training.run import train
 from training.steps import p_step_loss
 from training.trainer import Trainer, log_path, schedule, state_path
@@ -292,3 +293,15 @@ def test_the_warm_start_phase_trains_the_conditional_network(cache_dir, tmp_path
         ious[epochs] = mean_box_pick_iou(load_bundle(out), CocoDataset(train_json, root, "boxes"))
     untrained, trained = ious.values()
     assert trained >= untrained + 0.06, f"box picks' IoU {untrained:.3f} -> {trained:.3f}"
+
+
+@pytest.mark.parametrize("rank", [Rank(0, 2), Rank(1, 2)], ids=["main", "other"])
+def test_every_rank_records_that_the_prediction_network_has_trained(tmp_path, rank):
+    bundle = build_bundle(
+        classes=list(CLASSES), preset="tiny", conditional_config=SMALL_CONDITIONAL
+    )
+    trainer = Trainer(TINY, bundle, [], tmp_path / "model.pt", torch.device("cpu"), rank)
+    trainer.after_phase(schedule(TINY)[0], 1.0)  # the warm start trains the conditional one
+    assert not bundle.prediction_trained
+    trainer.after_phase(schedule(TINY)[1], 1.0)
+    assert bundle.prediction_trained
