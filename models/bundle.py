@@ -146,9 +146,8 @@ class ModelBundle:
         count = draws or k
         joined = max(1, round(EVIDENCE_DRAW_SHARE * count))
         regions = describe_regions(tensor, proposals.cpu())
-        evidence = (torch.arange(count) < joined)[:, None, None] * self.class_evidence(
-            tensor, regions
-        )
+        takes_evidence = (torch.arange(count) < joined)[:, None, None]  # (D, 1, 1)
+        evidence = takes_evidence * self.class_evidence(tensor, regions)
         return self.conditional.sample(
             tensor, proposals, annotation, k, generator, draws, evidence, leading=joined
         )
