@@ -5,21 +5,19 @@ instance is sorted into one kind: right (IoU >= 0.5 with a ground-truth instance
 other-class object (IoU >= 0.5 with an instance of another class), background (under 30% of it
 on any object), same-class part or merged/larger, or mixed. Prints one JSON object with the
 counts and the recall of the ground-truth instances at IoU 0.5. `--instances-per-tag` sets the
-most instances of one tagged class in a sample, whatever the bundle was trained with (0: every
-instance of positive margin, as `discoseg train --max-instances-per-tag`). Proposals are read
+most instances of one tagged class in a sample (default 0: every instance of positive margin,
+as served; 1: as the P-step draws its samples by default). Proposals are read
 from (and written to) a training proposal cache, so on training images that training did not
 downscale nothing is recomputed.
 """
 
 import json
 from collections import Counter
-from dataclasses import replace
 
 import torch
 from training_images import open_inputs, parse_args, tag_picks
 
 from models.delta import mask_iou
-from models.inference import InferenceConfig
 
 
 def pick_kind(mask: torch.Tensor, label: int, gt_masks: torch.Tensor, gt_labels: torch.Tensor):
@@ -43,13 +41,13 @@ def pick_kind(mask: torch.Tensor, label: int, gt_masks: torch.Tensor, gt_labels:
 
 
 def main() -> None:
-    args = parse_args(__doc__, limit=200, instances_per_tag=1)
+    args = parse_args(__doc__, limit=200, instances_per_tag=0)
     bundle, dataset, cache = open_inputs(args, "masks")
-    inference = InferenceConfig(max_instances_per_tag=args.instances_per_tag or None)
-    bundle.conditional.config = replace(bundle.conditional.config, inference=inference)
     kinds: Counter[str] = Counter()
     found = total = 0
-    for _, gt, _, _, pick in tag_picks(bundle, dataset, cache, args.limit):
+    for _, gt, _, _, pick in tag_picks(
+        bundle, dataset, cache, args.limit, args.instances_per_tag or None
+    ):
         gt_masks, gt_labels = torch.from_numpy(gt.masks), torch.from_numpy(gt.labels)
         hits = set()
         for mask, label in zip(pick.masks, pick.labels, strict=True):

@@ -43,14 +43,21 @@ def open_inputs(
 
 
 def tag_picks(
-    bundle: ModelBundle, dataset: CocoDataset, cache: DiskProposalCache, limit: int
+    bundle: ModelBundle,
+    dataset: CocoDataset,
+    cache: DiskProposalCache,
+    limit: int,
+    instances_per_tag: int | None = None,
 ) -> Iterator[tuple[Sample, Instances, TagAnnotation, torch.Tensor, InstanceSet]]:
     """For each of the first `limit` images: the sample, its ground truth, its tags, its
-    proposals and the model's pick given the tags (one sample, noise seed 0)."""
+    proposals and the model's pick given the tags (one sample, noise seed 0, at most
+    `instances_per_tag` instances of a tagged class; None: as served)."""
     for index in range(min(limit, len(dataset))):
         sample = dataset[index]
         tags = TagAnnotation(tuple(sorted(sample.tags)))
         proposals = cache.get(sample.image)
         generator = torch.Generator().manual_seed(0)
-        pick = bundle.pseudo_labels(sample.image, proposals, tags, 1, generator)[0]
+        pick = bundle.pseudo_labels(
+            sample.image, proposals, tags, 1, generator, instances_per_tag=instances_per_tag
+        )[0]
         yield sample, dataset.ground_truth(index), tags, proposals, pick

@@ -8,7 +8,7 @@ architecture.
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -130,26 +130,37 @@ class ModelBundle:
         k: int,
         generator: torch.Generator | None = None,
         draws: int | None = None,
+        instances_per_tag: int | None = None,
     ) -> list[InstanceSet]:
         """K instance segmentations consistent with the annotation (`ConditionalNet.sample`).
         Once the prediction network is trained, the first EVIDENCE_DRAW_SHARE of the draws
         (at least one) come from the conditional network's scores joined by its
         (`class_evidence`), the others from the conditional network's alone; with `draws`, the
-        joined draws' outputs come first. image: HxWx3 uint8 array or FloatTensor[3, H, W] in
-        [0, 1]; proposals: BoolTensor[P, H, W]. Raises ValueError for an invalid annotation."""
+        joined draws' outputs come first. Given tags, a sample holds at most `instances_per_tag`
+        instances of each tagged class (None: every one of positive margin, whatever the limit
+        the P-step's samples were drawn under). image: HxWx3 uint8 array or FloatTensor[3, H, W]
+        in [0, 1]; proposals: BoolTensor[P, H, W]. Raises ValueError for an invalid
+        annotation."""
         tensor = as_image_tensor(image)
         proposals = self.conditional.consistent_proposals(
             proposals, annotation, tuple(tensor.shape[-2:])
         )
+        # Every instance by default: given the tags of the demo's validation images, the top
+        # sample's IoU per instance was 0.66 against 0.58 at one instance per tag.
+        inference = replace(
+            self.conditional.config.inference, max_instances_per_tag=instances_per_tag
+        )
         if not self.prediction_trained:
-            return self.conditional.sample(tensor, proposals, annotation, k, generator, draws)
+            return self.conditional.sample(
+                tensor, proposals, annotation, k, generator, draws, inference=inference
+            )
         count = draws or k
         joined = max(1, round(EVIDENCE_DRAW_SHARE * count))
         regions = describe_regions(tensor, proposals.cpu())
         takes_evidence = (torch.arange(count) < joined)[:, None, None]  # (D, 1, 1)
         evidence = takes_evidence * self.class_evidence(tensor, regions)
         return self.conditional.sample(
-            tensor, proposals, annotation, k, generator, draws, evidence, leading=joined
+            tensor, proposals, annotation, k, generator, draws, evidence, joined, inference
         )
 
     @torch.no_grad()

@@ -242,6 +242,7 @@ class ConditionalNet(nn.Module):
         draws: int | None = None,
         evidence: Tensor | None = None,
         leading: int = 0,
+        inference: InferenceConfig | None = None,
     ) -> list[InstanceSet]:
         """K instance segmentations of the image, each consistent with the annotation: K
         independent draws, or with `draws` (>= k) that many draws and of them the k most
@@ -253,7 +254,8 @@ class ConditionalNet(nn.Module):
         draw's scores, or FloatTensor[D, P', C+1] one per draw, a row per proposal of
         `consistent_proposals` (ModelBundle.pseudo_labels gives the prediction network's);
         leading: with `draws`, the outputs of the first `leading` draws rank first
-        (`most_frequent`). Raises ValueError for an invalid annotation.
+        (`most_frequent`); inference: the consistent argmax's settings (default: the
+        network's). Raises ValueError for an invalid annotation.
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -271,8 +273,7 @@ class ConditionalNet(nn.Module):
                 )
             scores = scores + evidence.cpu()
         candidates = self.candidates(proposals.cpu(), annotation)
-        selections = [
-            consistent_argmax(s, candidates, annotation, self.config.inference) for s in scores
-        ]
+        inference = inference or self.config.inference
+        selections = [consistent_argmax(s, candidates, annotation, inference) for s in scores]
         kept = most_frequent(selections, k, leading) if draws is not None else range(k)
         return [to_instances(selections[i], candidates, scores[i]) for i in kept]

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -210,11 +211,45 @@ def test_pseudo_labels_follow_the_prediction_networks_evidence(
     for sample in samples[:2]:
         assert sample.labels.tolist() == [1]
         assert sample.masks[0].bool().equal(masks[favoured])
+    every_instance = replace(bundle.conditional.config.inference, max_instances_per_tag=None)
     alone = bundle.conditional.sample(
-        image, masks, TagAnnotation((1,)), 4, torch.Generator().manual_seed(0)
+        image,
+        masks,
+        TagAnnotation((1,)),
+        4,
+        torch.Generator().manual_seed(0),
+        inference=every_instance,
     )
     for sample, own in zip(samples[2:], alone[2:], strict=True):  # the other half: its own
         assert sample.masks.equal(own.masks)
+
+
+@pytest.mark.parametrize("instances_per_tag", [None, 1])
+def test_pseudo_labels_name_every_instance_of_a_tagged_class_unless_limited(
+    bundle_file: Path, instances_per_tag: int | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where the prediction network finds both squares of the tagged class, the draws that take
+    its evidence label both, or one under a limit of one instance per tag."""
+    bundle = load_bundle(bundle_file)
+    bundle.metadata["prediction_trained"] = True
+    image, masks = _two_squares()
+    log_probs = torch.tensor([[-10.0, 0.0, -10.0], [-10.0, 0.0, -10.0], [0.0, -10.0, -10.0]])
+    monkeypatch.setattr(bundle.prediction, "class_log_probs", lambda image, regions: log_probs)
+    samples = bundle.pseudo_labels(
+        image,
+        masks,
+        TagAnnotation((1,)),
+        2,
+        torch.Generator().manual_seed(0),
+        instances_per_tag=instances_per_tag,
+    )
+    labelled = samples[0].masks.bool()
+    if instances_per_tag is None:
+        assert samples[0].labels.tolist() == [1, 1]
+        assert {tuple(m.nonzero()[0].tolist()) for m in labelled} == {(10, 10), (50, 50)}
+    else:
+        assert samples[0].labels.tolist() == [1]
+        assert labelled[0].equal(masks[0]) or labelled[0].equal(masks[1])
 
 
 def test_an_untrained_prediction_network_adds_no_evidence(
