@@ -308,11 +308,14 @@ class ModelRuntime:
         boxes: list[dict] | None = None,
         k: int = 10,
         seed: int | None = None,
+        instances_per_tag: int | None = None,
     ) -> list[FramedInstances]:
         """At most k distinct samples of the conditional network, each consistent with the
         hints (an Annotation, or class-name `tags`, or `{"label", "bbox"}` `boxes`, in image
-        pixels): the most frequent of DRAWS_PER_SAMPLE * k draws, the most frequent first. The
-        same seed gives the same samples; no seed, a random one. The network works on the
+        pixels): the most frequent of DRAWS_PER_SAMPLE * k draws, the most frequent first.
+        Given tags, each holds at most `instances_per_tag` instances of a tagged class (None:
+        every one the networks find). The same seed gives the same samples; no seed, a random
+        one. The network works on the
         image's working copy (`frame`); the samples' masks come at the image's size one at a
         time (models.working_frame).
 
@@ -331,7 +334,13 @@ class ModelRuntime:
         with self.metrics.time_model("sample"):
             try:
                 samples = self.bundle.pseudo_labels(
-                    working, proposals, working_hints, k, generator, draws=DRAWS_PER_SAMPLE * k
+                    working,
+                    proposals,
+                    working_hints,
+                    k,
+                    generator,
+                    draws=DRAWS_PER_SAMPLE * k,
+                    instances_per_tag=instances_per_tag,
                 )
             except ValueError as error:
                 raise InconsistentHints(

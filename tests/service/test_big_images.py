@@ -129,10 +129,12 @@ def test_label_studio_predictions_have_the_images_size(client) -> None:
     assert body["warnings"] == []
     tagged, boxed = body["results"]
     for prediction in [*tagged, *boxed]:
-        (result,) = prediction["result"]
-        assert (result["original_height"], result["original_width"]) == BIG
-        assert brush_mask(result).shape == BIG and brush_mask(result).any()
+        assert prediction["result"]  # a tag's every instance, a box's one
+        for result in prediction["result"]:
+            assert (result["original_height"], result["original_width"]) == BIG
+            assert brush_mask(result).shape == BIG and brush_mask(result).any()
     for prediction in boxed:
+        assert len(prediction["result"]) == 1
         assert not (brush_mask(prediction["result"][0]) & ~_window(box)).any()
 
 

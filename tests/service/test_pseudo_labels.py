@@ -76,14 +76,14 @@ def _box_iou(a, b) -> float:
 
 
 def test_samples_differ_where_the_hints_allow_two_answers(client) -> None:
-    # Two identical discs and the tag "disc": either disc is right, and the conditional
-    # network's noise splits the samples between them (4 to 16 of 32 took the rarer disc over
-    # five networks and three seeds).
+    # Two identical discs, the tag "disc" and one instance per tag: either disc is right, and
+    # the conditional network's noise splits the samples between them (4 to 16 of 32 took the
+    # rarer disc over five networks and three seeds).
     image, _ = twin_discs()
     response = client.post(
         "/v1/pseudo-labels",
         files=upload(encode(image)),
-        data={"tags": '["disc"]', "k": "32", "seed": "0"},
+        data={"tags": '["disc"]', "k": "32", "seed": "0", "instances_per_tag": "1"},
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -92,6 +92,21 @@ def test_samples_differ_where_the_hints_allow_two_answers(client) -> None:
     distinct = {masks[0].tobytes() for masks in picks}
     assert len(distinct) >= 2, "all 32 samples picked the same instance"
     assert body["diversity"] > 0
+
+
+def test_samples_name_every_instance_the_networks_find_unless_limited(client) -> None:
+    image, _ = twin_discs()
+    counts = {}
+    for limit in ("", "1"):
+        response = client.post(
+            "/v1/pseudo-labels",
+            files=upload(encode(image)),
+            data={"tags": '["disc"]', "k": "8", "seed": "0", "instances_per_tag": limit},
+        )
+        assert response.status_code == 200, response.text
+        counts[limit] = [len(sample["instances"]) for sample in response.json()["samples"]]
+    assert max(counts[""]) >= 2
+    assert counts["1"] and set(counts["1"]) == {1}
 
 
 def test_the_same_seed_gives_the_same_samples(client) -> None:
@@ -139,6 +154,8 @@ def test_empty_tags_give_one_empty_sample(client) -> None:
          "k: Input should be less than or equal to 32"),
         ({"tags": '["disc"]', "k": "two"}, "validation_error", "k"),
         ({"tags": '["disc"]', "seed": "-1"}, "validation_error", "seed"),
+        ({"tags": '["disc"]', "instances_per_tag": "0"}, "validation_error",
+         "instances_per_tag: Input should be greater than or equal to 1"),
         ({"tags": '["disc"]', "seed": str(2**63)}, "validation_error", "seed"),
     ],
 )

@@ -42,14 +42,23 @@ async def pseudo_labels(
         Form(description='JSON list of {"label": class name, "bbox": [x0, y0, x1, y1]} pixels'),
     ] = None,
     k: Annotated[int, Form(ge=1, description="number of samples (at most DISCOSEG_MAX_K)")] = 10,
+    instances_per_tag: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            description="given tags, the most instances of one tagged class in a sample "
+            "(default: every instance the networks find)",
+        ),
+    ] = None,
     seed: Annotated[
         int | None,
         Form(ge=0, lt=SEED_LIMIT, description="the same seed gives the same samples"),
     ] = None,
 ) -> PseudoLabelResponse:
     """Sample k instance segmentations of the image from the conditional network, each
-    consistent with the hints: give exactly one of `tags` (every tagged class gets an instance,
-    no other class appears) or `boxes` (one instance per box, of the box's class, inside it)."""
+    consistent with the hints: give exactly one of `tags` (every tagged class gets one or more
+    instances, no other class appears) or `boxes` (one instance per box, of the box's class,
+    inside it)."""
     tags, boxes = tags or None, boxes or None  # an empty form field counts as absent
     if (tags is None) == (boxes is None):
         raise ApiError(422, "give exactly one of the form fields tags or boxes")
@@ -69,7 +78,9 @@ async def pseudo_labels(
         raise ApiError(422, str(error), code="invalid_hints") from None
 
     def work() -> PseudoLabelResponse:
-        samples = runtime.pseudo_labels(image, hints, k=k, seed=seed)
+        samples = runtime.pseudo_labels(
+            image, hints, k=k, seed=seed, instances_per_tag=instances_per_tag
+        )
         return PseudoLabelResponse(
             model=runtime.version,
             width=image.shape[1],
