@@ -315,9 +315,8 @@ class ModelRuntime:
         pixels): the most frequent of DRAWS_PER_SAMPLE * k draws, the most frequent first.
         Given tags, each holds at most `instances_per_tag` instances of a tagged class (None:
         every one the networks find). The same seed gives the same samples; no seed, a random
-        one. The network works on the
-        image's working copy (`frame`); the samples' masks come at the image's size one at a
-        time (models.working_frame).
+        one. The network works on the image's working copy (`frame`); the samples' masks come
+        at the image's size one at a time (models.working_frame).
 
         Raises ValueError for invalid hints and InconsistentHints (a ValueError) when no
         consistent segmentation exists among the proposals.
