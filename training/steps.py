@@ -6,7 +6,6 @@ logged measurements. The loop in `training.trainer` does backward and the optimi
 """
 
 from collections.abc import Callable
-from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -91,17 +90,14 @@ def draw_pseudo_labels(
     device: torch.device,
     evidence: Tensor | None = None,
 ) -> list[PseudoLabel]:
-    """K samples of the conditional network for one item, consistent with its annotation.
-    With `evidence` FloatTensor[P, C+1] added to its scores, a sample names every instance of
-    positive margin, as served (ModelBundle.pseudo_labels); without, at most the network's
-    `max_instances_per_tag` of each tagged class, and with `ignore_unclaimed` it names the
-    instances it leaves out for that limit (models.inference.unclaimed_instances)."""
+    """K samples of the conditional network for one item, consistent with its annotation,
+    `evidence` FloatTensor[P, C+1] added to its scores. With `ignore_unclaimed` each names the
+    instances it leaves out for the per-tag limit (models.inference.unclaimed_instances)."""
     scores = conditional(item.tensor.to(device), item.context.to(device), k).cpu()
-    inference = conditional.config.inference
     if evidence is not None:
         scores = scores + evidence
-        inference = replace(inference, max_instances_per_tag=None)
     candidates = item.candidates()
+    inference = conditional.config.inference
     labels = []
     for s in scores:
         selection = consistent_argmax(s, candidates, item.annotation, inference)
@@ -163,8 +159,7 @@ def p_step_loss(
     network does not change during a P-step, so each item's K samples are drawn once per phase
     (at its first step; the trainer clears them between phases): a fifth of a step's time.
     Given tags, once the prediction network has trained, they are drawn with its class
-    evidence joined to the conditional network's scores (ModelBundle.class_evidence), each
-    naming every instance of positive margin."""
+    evidence joined to the conditional network's scores (ModelBundle.class_evidence)."""
     ignore_unclaimed = config.unclaimed == "ignore"
     targets = []
     for item in batch:

@@ -221,34 +221,6 @@ def test_a_p_step_draws_with_the_trained_prediction_networks_evidence_given_tags
         assert [picks(i.pseudo_labels) for i in items] != [picks(labels) for labels in plain]
 
 
-def test_samples_drawn_with_the_evidence_name_every_instance_of_positive_margin(setting):
-    """Where the evidence makes two separate proposals the first tag's, a sample drawn with it
-    names both; without it, at most one instance per tag (the network's limit)."""
-    items, bundle, dataset, _ = setting
-    if dataset.supervision != "tags":
-        pytest.skip("instances per tag are a limit of tags")
-    item = items[0]
-    tag = item.annotation.labels[0]
-    overlap = item.candidates().overlap
-    first, second = next(
-        (i, j)
-        for i in range(len(overlap))
-        for j in range(i + 1, len(overlap))
-        if overlap[i, j] == 0
-    )
-    evidence = torch.zeros((len(item.regions), bundle.num_classes + 1))
-    evidence[:, tag] = -100.0
-    evidence[[first, second], 1:] = -100.0
-    evidence[[first, second], tag] = 100.0
-    cpu = torch.device("cpu")
-    for label in draw_pseudo_labels(item, bundle.conditional, 2, True, cpu, evidence):
-        picked = label.selection.candidate_ids[label.selection.labels == tag]
-        assert sorted(picked.tolist()) == [first, second]
-        assert len(label.ignored) == 0
-    for label in draw_pseudo_labels(item, bundle.conditional, 2, True, cpu):
-        assert (label.selection.labels == tag).sum() == 1
-
-
 def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score(setting):
     items, *_ = setting
     item = items[0]
