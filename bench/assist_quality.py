@@ -39,6 +39,12 @@ def main() -> None:
         help="sample from the conditional network alone, without the prediction network's "
         "class evidence (what a bundle whose prediction network is untrained serves)",
     )
+    parser.add_argument(
+        "--instances-per-tag",
+        type=int,
+        help="given tags, the most instances of one tagged class in a sample (default: every "
+        "instance of positive margin, as served)",
+    )
     parser.add_argument("--limit", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -59,7 +65,13 @@ def main() -> None:
             proposals = propose(sample.image, gt.boxes, settings=bundle.proposal_settings)
         generator = torch.Generator().manual_seed(args.seed)
         samples = bundle.pseudo_labels(
-            sample.image, proposals, hints, args.k, generator, draws=args.draws
+            sample.image,
+            proposals,
+            hints,
+            args.k,
+            generator,
+            draws=args.draws,
+            instances_per_tag=args.instances_per_tag,
         )
         quality = assist_quality(
             [
