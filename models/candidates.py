@@ -16,7 +16,7 @@ from torch import Tensor
 from torchvision.ops import box_iou
 
 from models.annotations import BoxAnnotation, TagAnnotation
-from models.structures import mask_areas, mask_boxes
+from models.structures import any_along, mask_areas, mask_boxes
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,7 @@ class Candidates:
 
 def tag_candidates(proposals: Tensor) -> Candidates:
     """Every non-empty proposal is a candidate. proposals: BoolTensor[P, H, W]."""
-    nonempty = proposals.flatten(1).any(1)
+    nonempty = any_along(proposals.flatten(1), 1)
     keep = nonempty.nonzero().squeeze(1)
     return Candidates(
         masks=proposals if bool(nonempty.all()) else proposals[keep],
@@ -120,7 +120,7 @@ def box_candidates(
         clipped = proposals & window
         window_box = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)
         fits = box_iou(mask_boxes(clipped), window_box).squeeze(1) >= box_iou_threshold
-        fits &= clipped.flatten(1).any(1)
+        fits &= any_along(clipped.flatten(1), 1)
         ids = fits.nonzero().squeeze(1)
         masks.append(clipped[ids])
         proposal_ids.append(ids)

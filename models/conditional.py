@@ -34,7 +34,7 @@ from models.descriptors import (
 from models.images import as_image_tensor
 from models.inference import InferenceConfig, consistent_argmax, most_frequent, to_instances
 from models.pairwise import proposal_affinity, refine_scores
-from models.structures import InstanceSet
+from models.structures import InstanceSet, any_along
 from models.unet import UNet
 
 IMAGE_MEAN = (0.485, 0.456, 0.406)
@@ -121,11 +121,16 @@ def describe_proposals(
             f"proposals must be (P, H, W) with the image's size {tuple(image.shape[-2:])}, "
             f"got {tuple(proposals.shape)}"
         )
-    if proposals.shape[0] == 0 or not proposals.flatten(1).any(1).all():
+    if proposals.shape[0] == 0 or not any_along(proposals.flatten(1), 1).all():
         raise ValueError("proposals must be non-empty masks, at least one")
     grid = pooling_grid(tuple(image.shape[-2:]), config.pool_stride)
-    coverage = F.interpolate(proposals[:, None].float(), size=grid, mode="area").flatten(1)
     copy = working_copy(image, proposals, work_size=config.descriptor_size)
+    # Where the working copy has the pooling grid's size (a 256 px image by default) its masks
+    # are the coverage: a second float copy of the proposals took 5% of preparing an image.
+    if tuple(copy.masks.shape[-2:]) == grid:
+        coverage = copy.masks.flatten(1)
+    else:
+        coverage = F.interpolate(proposals[:, None].float(), size=grid, mode="area").flatten(1)
     return ProposalContext(
         pooling=coverage / coverage.sum(dim=1, keepdim=True),
         descriptors=proposal_descriptors(copy),

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-from models.structures import InstanceSet
+from models.structures import InstanceSet, any_along
 
 
 def mask_iou(masks1: Tensor, masks2: Tensor, areas1: Tensor | None = None) -> Tensor:
@@ -27,7 +27,7 @@ def mask_iou(masks1: Tensor, masks2: Tensor, areas1: Tensor | None = None) -> Te
     if areas1 is None:
         areas1 = a.float().sum(1)
     else:
-        support = b.any(dim=0).nonzero().squeeze(1)
+        support = any_along(b, 0).nonzero().squeeze(1)
         a, b = a[:, support], b[:, support]
     b = b.float()
     intersection = a.float() @ b.T  # (N, M)

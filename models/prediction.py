@@ -34,7 +34,7 @@ from models.presets import PRESETS
 from models.pretrained import coco_state_dict, load_coco_weights
 from models.regions import SHAPE_SIZE, RegionProposals
 from models.roi_align import SparseMultiScaleRoIAlign
-from models.structures import InstanceSet
+from models.structures import InstanceSet, any_along
 
 
 @dataclasses.dataclass
@@ -302,7 +302,7 @@ def detected_instances(output: dict[str, Tensor], keep: Tensor) -> InstanceSet:
     """The kept detections (BoolTensor[D]) of one image's output as an InstanceSet on the CPU,
     masks binarised at 0.5; a detection whose mask is then empty is dropped."""
     masks = output["masks"][keep, 0] > 0.5
-    nonempty = masks.flatten(1).any(1)
+    nonempty = any_along(masks.flatten(1), 1)
     return InstanceSet.from_masks(
         masks[nonempty].cpu(),
         output["labels"][keep][nonempty].cpu(),

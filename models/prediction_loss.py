@@ -13,7 +13,10 @@ overlaps most when their mask IoU reaches FOREGROUND_IOU, background below BACKG
 ignored in between, so that pieces of an object are taught as background and near misses are
 not. A target may name regions that are neither object nor background (`ignore_masks`:
 instances the annotation allows but the sample left out): a proposal that would be background
-but overlaps one of them by BACKGROUND_IOU or more is ignored.
+but overlaps one of them by BACKGROUND_IOU or more is ignored. A caller that knows the mask IoUs
+of the proposals with a target's instances (given tags the instances are proposals, whose IoUs
+are computed once per image) passes them as `region_iou` (and `ignore_region_iou`) instead of
+having them computed from the masks at every step.
 """
 
 from __future__ import annotations
@@ -54,7 +57,31 @@ class Assignment:
 
 
 def assign_proposals(regions: RegionProposals, targets: list[Target]) -> list[Assignment]:
-    """Match every proposal to the instance of each target it overlaps most (mask IoU).
+    """Match every proposal to the instance of each target it overlaps most (mask IoU): the
+    targets' `region_iou` where every target has them, else computed from the masks."""
+    given = [_given_overlaps(target) for target in targets]
+    overlaps = given if all(g is not None for g in given) else _mask_overlaps(regions, targets)
+    return [
+        _assignment(target["labels"], iou, ignore_iou)
+        for target, (iou, ignore_iou) in zip(targets, overlaps, strict=True)
+    ]
+
+
+def _given_overlaps(target: Target) -> tuple[Tensor, Tensor] | None:
+    """The target's `region_iou` and `ignore_region_iou` (empty without ignore masks), or None
+    where it lacks one of them."""
+    iou = target.get("region_iou")
+    if iou is None:
+        return None
+    if "ignore_masks" not in target:
+        return iou, iou[:, :0]
+    ignore_iou = target.get("ignore_region_iou")
+    return None if ignore_iou is None else (iou, ignore_iou)
+
+
+def _mask_overlaps(regions: RegionProposals, targets: list[Target]) -> list[tuple[Tensor, Tensor]]:
+    """Per target, the proposals' mask IoU with its instances, FloatTensor[P, N], and with its
+    ignore masks, FloatTensor[P, M].
 
     The overlaps with every target's instances come from one matrix product: the proposals'
     masks are the large operand, and with one product per target they took half of a K = 10
@@ -66,12 +93,7 @@ def assign_proposals(regions: RegionProposals, targets: list[Target]) -> list[As
     instances = torch.cat([m.to(regions.masks.dtype) for m in groups])
     iou = mask_iou(regions.masks, instances, regions.areas)
     per_group = iou.split([len(m) for m in groups], dim=1)
-    return [
-        _assignment(target["labels"], overlaps, ignored)
-        for target, overlaps, ignored in zip(
-            targets, per_group[: len(targets)], per_group[len(targets) :], strict=True
-        )
-    ]
+    return list(zip(per_group[: len(targets)], per_group[len(targets) :], strict=True))
 
 
 def _assignment(instance_labels: Tensor, iou: Tensor, ignore_iou: Tensor) -> Assignment:
@@ -106,8 +128,10 @@ def pseudo_target_loss(
         targets: `targets[b][k]` is sample k's pseudo ground truth for image b, with boxes
             `FloatTensor[N, 4]` (x0, y0, x1, y1 pixels), labels `Int64Tensor[N]` in 1..C and
             masks `UInt8Tensor[N, H_b, W_b]`; N may be 0. Optionally `ignore_masks`
-            `BoolTensor[M, H_b, W_b]` (see the module's docstring). Every image has the same
-            K >= 1.
+            `BoolTensor[M, H_b, W_b]`, and the known mask IoUs of the image's P proposals with
+            the instances, `region_iou` `FloatTensor[P, N]`, and with the ignore masks,
+            `ignore_region_iou` `FloatTensor[P, M]` (see the module's docstring). Every image
+            has the same K >= 1.
         gamma: the γ of the dissimilarity coefficient; the self-diversity weight is 1 - γ.
 
     Returns:

@@ -25,7 +25,7 @@ from torchvision.ops import box_iou
 from models.candidates import box_pixel_window
 from models.conditional import ConditionalNet, describe_proposals
 from models.images import as_image_tensor
-from models.structures import InstanceSet, mask_areas, mask_boxes
+from models.structures import InstanceSet, any_along, mask_areas, mask_boxes
 
 # Two returned candidates overlap at most this much (mask IoU): near-copies add no choice.
 DISTINCT_IOU = 0.9
@@ -147,8 +147,8 @@ def is_consistent(masks: Tensor, prompt: PointPrompt) -> Tensor:
     consistent &= ~points_inside(masks, prompt.negative).any(1)
     if prompt.box is not None:
         outside = ~box_window(prompt.box, tuple(masks.shape[-2:]))
-        consistent &= ~(masks & outside).flatten(1).any(1)
-    return consistent & masks.flatten(1).any(1)
+        consistent &= ~any_along((masks & outside).flatten(1), 1)
+    return consistent & any_along(masks.flatten(1), 1)
 
 
 def _disc(centre: Tensor, image_size: tuple[int, int]) -> Tensor:
@@ -229,7 +229,7 @@ def candidate_masks(
         x0, y0, x1, y1 = box_pixel_window(prompt.box, image_size)
         window_box = torch.tensor([[x0, y0, x1, y1]], dtype=torch.float32)
         fits = box_iou(mask_boxes(clipped), window_box).squeeze(1) >= box_iou_threshold
-        fits &= clipped.flatten(1).any(1)
+        fits &= any_along(clipped.flatten(1), 1)
         masks = torch.cat([clipped[fits], window[None]])
         sources = torch.cat([fits.nonzero().squeeze(1), torch.tensor([-1])])
     # An empty mask, whose repair is the union of the positive points' regions.

@@ -13,7 +13,7 @@ from torch import Tensor
 from torchvision.ops import roi_align
 
 from models.descriptors import flip_descriptors, proposal_descriptors, working_copy
-from models.structures import mask_areas, mask_boxes
+from models.structures import any_along, mask_areas, mask_boxes
 
 # Mask R-CNN's mask resolution: the shapes are the mask head's starting point.
 SHAPE_SIZE = 28
@@ -77,7 +77,7 @@ def describe_regions(image: Tensor, masks: Tensor) -> RegionProposals:
             f"proposal masks must be (P, H, W) with the image's size {tuple(image.shape[-2:])}, "
             f"got {tuple(masks.shape)}"
         )
-    if masks.shape[0] and not masks.flatten(1).any(1).all():
+    if masks.shape[0] and not any_along(masks.flatten(1), 1).all():
         raise ValueError("proposal masks must be non-empty")
     boxes = mask_boxes(masks)
     return RegionProposals(

@@ -7,6 +7,7 @@ import torchvision
 from torch import Tensor
 from torch.testing import assert_close
 
+from models.delta import mask_iou
 from models.prediction import (
     build_prediction_net,
     detected_instances,
@@ -265,6 +266,30 @@ def test_proposals_are_matched_by_mask_iou(proposals: list[RegionProposals]) -> 
     assert assignment.labels.tolist() == [1, 2, 0, IGNORE, 1, IGNORE, 0, 0]
     assert assignment.matched[[0, 1, 3, 4]].tolist() == [0, 1, 0, 0]
     assert empty.labels.tolist() == [0] * 8
+
+
+def test_known_region_ious_stand_for_the_masks_product(proposals: list[RegionProposals]) -> None:
+    regions = proposals[0]
+    target = {**TARGET_A[0], "ignore_masks": rectangles(96, 128, [(0, 60, 40, 96)])}
+    known = {
+        **target,
+        "region_iou": mask_iou(regions.masks, target["masks"]),
+        "ignore_region_iou": mask_iou(regions.masks, target["ignore_masks"]),
+    }
+    (from_masks,) = assign_proposals(regions, [target])
+    (from_known,) = assign_proposals(regions, [known])
+    assert torch.equal(from_known.labels, from_masks.labels)
+    assert torch.equal(from_known.matched, from_masks.matched)
+    # the known IoUs are what counts: at 0 every proposal is background
+    disjoint = {
+        **known,
+        "region_iou": torch.zeros_like(known["region_iou"]),
+        "ignore_region_iou": torch.zeros_like(known["ignore_region_iou"]),
+    }
+    assert assign_proposals(regions, [disjoint])[0].labels.tolist() == [0] * len(regions)
+    # without the IoUs of its ignore masks a target's overlaps come from the masks
+    del disjoint["ignore_region_iou"]
+    assert torch.equal(assign_proposals(regions, [disjoint])[0].labels, from_masks.labels)
 
 
 def test_distinct_targets_average_their_losses(

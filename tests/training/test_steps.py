@@ -8,9 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
+import training.steps
 from models.bundle import build_bundle
 from models.conditional import ConditionalConfig, ConditionalNet
 from models.conditional_loss import c_step_outputs, conditional_loss
+from models.delta import mask_iou
 from models.inference import consistent_argmax, to_instances, unclaimed_instances
 from models.proposals import ProposalSettings
 from models.structures import InstanceSet
@@ -180,6 +182,43 @@ def test_a_p_step_draws_each_items_samples_once(setting):
     assert len(calls) == len(items)
     assert [item.pseudo_labels for item in items] == drawn
     assert all(torch.isfinite(terms["loss_classifier"]) for terms in (first, second))
+
+
+def test_given_tags_the_p_steps_targets_carry_their_ious_with_the_regions(setting, monkeypatch):
+    """Given tags the candidates are the region proposals: each target carries their IoUs with
+    its instances, those of the masks, and the loss is the one computed from the masks."""
+    items, bundle, dataset, _ = setting
+    targets = []
+    loss_of = training.steps.prediction_loss
+
+    def recording(batch, batch_targets, *args):
+        targets.append(batch_targets)
+        return loss_of(batch, batch_targets, *args)
+
+    monkeypatch.setattr(training.steps, "prediction_loss", recording)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    undrawn = [dataclasses.replace(item, pseudo_labels=None) for item in items]
+    known = p_step_loss(undrawn, bundle, CONFIG, cpu)
+    tags = dataset.supervision == "tags"
+    for item, item_targets in zip(items, targets[0], strict=True):
+        regions = item.region_proposals()
+        for target in item_targets:
+            assert ("region_iou" in target) == tags
+            if tags:
+                iou = mask_iou(regions.masks, target["masks"], regions.areas)
+                ignore_iou = mask_iou(regions.masks, target["ignore_masks"], regions.areas)
+                assert torch.equal(target["region_iou"], iou)
+                assert torch.equal(target["ignore_region_iou"], ignore_iou)
+    monkeypatch.setattr(
+        training.steps,
+        "pseudo_target",
+        lambda label, candidates, region_iou=None: pseudo_target(label, candidates),
+    )
+    torch.manual_seed(0)
+    undrawn = [dataclasses.replace(item, pseudo_labels=None) for item in items]
+    from_masks = p_step_loss(undrawn, bundle, CONFIG, cpu)
+    assert all(torch.equal(known[name], from_masks[name]) for name in known)
 
 
 def picks(labels) -> list[tuple[list[int], list[int]]]:
