@@ -179,10 +179,9 @@ def p_step_loss(
                 item, bundle.conditional, config.k, ignore_unclaimed, device, evidence
             )
         candidates = item.candidates()
-        # Given tags the candidates are the region proposals themselves, their IoUs known: the
-        # product of the masks took 8% of a step.
-        same_rows = item.proposal_masks is None and len(candidates) == len(item.regions)
-        region_iou = candidates.iou if same_rows else None
+        # Where the candidates are the region proposals their IoUs are known: the product of the
+        # masks took 8% of a step.
+        region_iou = candidates.iou if item.candidates_are_regions else None
         targets.append(
             [pseudo_target(label, candidates, region_iou) for label in item.pseudo_labels]
         )
