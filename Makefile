@@ -18,6 +18,9 @@ LS_VENV := .venv-ls
 FORMATS_VENV := .venv-formats
 LABEL_STUDIO_VERSION := 1.23.2
 DATUMARO_VERSION := 1.13.12
+# Their environments are frozen in their own constraints files; a changed file reinstalls.
+LS_DEPS_HASH := $(LABEL_STUDIO_VERSION)-$(shell sha256sum constraints-label-studio.txt | cut -c1-16)
+FORMATS_DEPS_HASH := $(DATUMARO_VERSION)-$(shell sha256sum constraints-datumaro.txt | cut -c1-16)
 
 install: $(STAMP)
 
@@ -51,18 +54,20 @@ lint: $(STAMP)
 test: lint
 	$(VENV)/bin/pytest
 
-$(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION):
+$(LS_VENV)/.installed-$(LS_DEPS_HASH): constraints-label-studio.txt
 	test -x $(LS_VENV)/bin/python || python3 -m venv $(LS_VENV)
-	$(LS_VENV)/bin/python -m pip install --quiet label-studio==$(LABEL_STUDIO_VERSION)
+	$(LS_VENV)/bin/python -m pip install --quiet -c constraints-label-studio.txt \
+		label-studio==$(LABEL_STUDIO_VERSION)
 	touch $@
 
-$(FORMATS_VENV)/.installed-$(DATUMARO_VERSION):
+$(FORMATS_VENV)/.installed-$(FORMATS_DEPS_HASH): constraints-datumaro.txt
 	test -x $(FORMATS_VENV)/bin/python || python3 -m venv $(FORMATS_VENV)
-	$(FORMATS_VENV)/bin/python -m pip install --quiet datumaro==$(DATUMARO_VERSION)
+	$(FORMATS_VENV)/bin/python -m pip install --quiet -c constraints-datumaro.txt \
+		datumaro==$(DATUMARO_VERSION)
 	touch $@
 
 # The end-to-end run with a real Label Studio server and the datumaro read-backs of the exports.
-test-integrations: $(STAMP) $(LS_VENV)/.installed-$(LABEL_STUDIO_VERSION) $(FORMATS_VENV)/.installed-$(DATUMARO_VERSION)
+test-integrations: $(STAMP) $(LS_VENV)/.installed-$(LS_DEPS_HASH) $(FORMATS_VENV)/.installed-$(FORMATS_DEPS_HASH)
 	$(VENV)/bin/pytest -m integration tests/service/test_labelstudio_server.py
 	$(VENV)/bin/pytest tests/training/test_formats.py -k datumaro
 

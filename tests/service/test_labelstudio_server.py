@@ -8,6 +8,7 @@ test-integrations` creates `.venv-ls` and runs this test (about a minute of Labe
 start-up on two cores); without it the test is skipped.
 """
 
+import contextlib
 import os
 import signal
 import socket
@@ -85,12 +86,19 @@ def label_studio(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(1)
         yield url
     finally:
+        stop_group(process)
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stops the process and its children; one that has already exited is left as it is."""
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        process.wait()
 
 
 def test_label_studio_gets_discoseg_predictions(label_studio, make_settings, runtime) -> None:
