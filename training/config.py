@@ -79,7 +79,7 @@ class TrainConfig:
         "tiny",
         "Size of the Mask R-CNN and default schedule: tiny (ResNet-18, CPU-friendly; a short "
         "schedule: on 2 CPU cores 100 images of 256 px train from masks in about 5 minutes, "
-        "from tags in 6 to 7), small "
+        "from tags in 4.5 to 7), small "
         "(ResNet-18 at half resolution), paper (ResNet-50-FPN, torchvision's defaults).",
         choices=tuple(SCHEDULES),
     )
