@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 import training.steps
 from models.bundle import build_bundle
@@ -290,3 +291,26 @@ def test_y_p_is_a_sample_of_the_prediction_keeping_each_detection_with_its_score
 def test_the_boundary_prior_is_off_for_boxes_only():
     assert TrainConfig(supervision="boxes").border_prior_weight == 0
     assert TrainConfig(supervision="tags").border_prior_weight == 1
+
+
+def _tensors(value: object) -> list[Tensor]:
+    if isinstance(value, Tensor):
+        return [value]
+    if dataclasses.is_dataclass(value):
+        value = [getattr(value, f.name) for f in dataclasses.fields(value)]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list | tuple):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def test_an_item_keeps_no_more_memory_than_its_own_tensors(setting):
+    """A view keeps all of its storage alive: an empty view of the unpacked proposals kept
+    their 20 MB in every item."""
+    items, *_ = setting
+    for item in items:
+        tensors = _tensors(item)
+        assert tensors
+        for tensor in tensors:
+            assert tensor.untyped_storage().nbytes() == tensor.numel() * tensor.element_size()
