@@ -145,7 +145,10 @@ def main() -> None:
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--data-seed", type=int, default=7)
-    parser.add_argument("--seeds", type=int, default=3, help="training seeds per run: 0..N-1")
+    parser.add_argument("--seeds", type=int, default=3, help="training seeds per run")
+    parser.add_argument(
+        "--first-seed", type=int, default=0, help="the seeds are FIRST..FIRST+SEEDS-1"
+    )
     parser.add_argument("--only", nargs="*", help="run names (substrings) to run")
     parser.add_argument("--train-args", default="", help="extra `discoseg train` options")
     parser.add_argument("--parallel", type=int, default=1, help="runs training at once")
@@ -175,7 +178,7 @@ def main() -> None:
         (index, name, options, seed)
         for index, (name, options) in enumerate(runs().items())
         if not args.only or any(part in name for part in args.only)
-        for seed in range(args.seeds)
+        for seed in range(args.first_seed, args.first_seed + args.seeds)
     ]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         rows = list(pool.map(lambda run: train_and_evaluate(*run, args, env), selected))
