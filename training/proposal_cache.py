@@ -1,10 +1,15 @@
 """Segment proposals computed once per image and cached on disk.
 
 The key is `models.proposals.proposal_key`, so a changed image, box or setting never reads a
-stale entry. Entries are bit-packed `.npz` files written atomically.
+stale entry. Entries are bit-packed `.npz` files written atomically. Processes sharing the
+folder (trainings of the same data run side by side) compute each entry once: a missing entry
+is computed under an exclusive lock on `<entry>.lock`, and whoever waited on it reads it.
 """
 
+import fcntl
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -27,14 +32,45 @@ class DiskProposalCache:
 
     def get(self, image: np.ndarray, boxes: np.ndarray | None = None) -> Tensor:
         path = self.path(proposal_key(image, boxes, self.settings))
-        if path.is_file():
-            try:
-                return _read(path)
-            except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
-                path.unlink(missing_ok=True)  # a damaged entry is recomputed
-        proposals = propose(image, boxes, settings=self.settings)
-        _write(path, proposals)
+        cached = _read_or_none(path)
+        if cached is not None:
+            return cached
+        with _exclusive(path.with_suffix(".lock")):
+            cached = _read_or_none(path)  # written by the process this one waited for
+            if cached is not None:
+                return cached
+            proposals = propose(image, boxes, settings=self.settings)
+            _write(path, proposals)
         return proposals
+
+
+@contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Holds an exclusive flock on `lock`; the file is removed once its entry is written.
+
+    A process that opens the path after the removal takes a new lock file, but finds the entry
+    written when it re-reads under its lock, so the lock only spares work, never decides what
+    is read.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock, "a") as file:
+        fcntl.flock(file, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            lock.unlink(missing_ok=True)
+            fcntl.flock(file, fcntl.LOCK_UN)
+
+
+def _read_or_none(path: Path) -> Tensor | None:
+    """The entry at `path`; None when it is missing or damaged (a damaged one is removed)."""
+    if not path.is_file():
+        return None
+    try:
+        return _read(path)
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        path.unlink(missing_ok=True)
+        return None
 
 
 def _read(path: Path) -> Tensor:

@@ -1,3 +1,6 @@
+import threading
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +80,29 @@ def test_a_damaged_entry_is_recomputed(tmp_path, image, calls, damage):
     assert len(calls) == 2
     assert torch.equal(cache.get(image), expected)
     assert len(calls) == 2, "the recomputed entry must have been written back"
+
+
+def test_processes_sharing_the_folder_compute_an_entry_once(tmp_path, image, monkeypatch):
+    """Two trainings of the same data side by side: the second waits for the first's entry."""
+    started = []
+
+    def slow_propose(*args, **kwargs):
+        started.append(1)
+        time.sleep(0.5)  # both callers are inside get() before the first entry is written
+        return torch.zeros((1, *image.shape[:2]), dtype=torch.bool)
+
+    monkeypatch.setattr(proposal_cache, "propose", slow_propose)
+    results = []
+    callers = [
+        threading.Thread(
+            target=lambda: results.append(DiskProposalCache(tmp_path, SETTINGS).get(image))
+        )
+        for _ in range(2)
+    ]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert len(started) == 1
+    assert len(results) == 2 and torch.equal(results[0], results[1])
+    assert not list(tmp_path.rglob("*.lock")), "lock files are removed once the entry is written"
