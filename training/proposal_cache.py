@@ -46,7 +46,8 @@ class DiskProposalCache:
 
 @contextmanager
 def _exclusive(lock: Path) -> Iterator[None]:
-    """Holds an exclusive flock on `lock`; the file is removed once its entry is written.
+    """Holds an exclusive flock on `lock`, removing the file when the block ends (the entry is
+    then written, or computing it failed).
 
     A process that opens the path after the removal takes a new lock file, but finds the entry
     written when it re-reads under its lock, so the lock only spares work, never decides what
