@@ -9,7 +9,9 @@ detection (`--score-threshold 0`, the paper's convention: a threshold only cuts 
 precision-recall curve, so it can lower AP but never raise it). With `--parallel N`, N runs
 train at once with one torch thread each; their training seconds then count one thread each.
 
-Every run uses the `tiny` network and its default schedule.
+Every run uses the `tiny` network and its default schedule. With `--grayscale` the rendered
+images are saved again as one-channel images before any training: how much each supervision
+leans on colour.
 """
 
 import argparse
@@ -20,6 +22,8 @@ import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+from PIL import Image
 
 from training.config import SCHEDULES
 
@@ -165,6 +169,11 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", help="run names (substrings) to run")
     parser.add_argument("--train-args", default="", help="extra `discoseg train` options")
     parser.add_argument("--parallel", type=int, default=1, help="runs training at once")
+    parser.add_argument(
+        "--grayscale",
+        action="store_true",
+        help="one-channel copies of the images (when --out has no data yet)",
+    )
     args = parser.parse_args()
 
     data = args.out / "data"
@@ -183,6 +192,9 @@ def main() -> None:
             "--val-fraction",
             str(args.val_fraction),
         )
+        if args.grayscale:
+            for image in (data / "images").iterdir():
+                Image.open(image).convert("L").save(image)
     env = dict(os.environ)
     if args.parallel > 1:
         # passive OpenMP threads: spinning ones take the cores from the other runs
@@ -195,7 +207,7 @@ def main() -> None:
     ]
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
         rows = list(pool.map(lambda run: train_and_evaluate(*run, args, env), selected))
-    print(f"{args.family}: {args.n} images, {args.seeds} training seeds")
+    print(f"{args.family}{' (grayscale)' * args.grayscale}: {args.n} images, {args.seeds} seeds")
     print(
         "| model | options | mAP_r 0.25 | 0.5 | 0.75 | ABO | train s | C-step y_p non-empty "
         "| mAP_r 0.5, every detection |"
