@@ -172,7 +172,7 @@ def main() -> None:
     parser.add_argument(
         "--grayscale",
         action="store_true",
-        help="one-channel copies of the images (when --out has no data yet)",
+        help="train and evaluate on one-channel copies of the images",
     )
     args = parser.parse_args()
 
@@ -192,9 +192,11 @@ def main() -> None:
             "--val-fraction",
             str(args.val_fraction),
         )
-        if args.grayscale:
-            for image in (data / "images").iterdir():
-                Image.open(image).convert("L").save(image)
+    if args.grayscale:
+        for path in (data / "images").iterdir():
+            image = Image.open(path)
+            if image.mode != "L":
+                image.convert("L").save(path)
     env = dict(os.environ)
     if args.parallel > 1:
         # passive OpenMP threads: spinning ones take the cores from the other runs
