@@ -8,6 +8,10 @@ Reliability settings, and why:
 - Redis has no broker-side acks: an unacknowledged message goes back to the queue once it has
   been out for `visibility_timeout` (settings.job_redelivery_timeout_s, default the chunk time
   limit + 60 s, which it must exceed, else a slow but alive chunk would run twice).
+- the scan for messages to redeliver runs under a Redis lock; a worker killed inside the scan
+  leaves the lock to expire (kombu's default 300 s, holding every redelivery up that long), so
+  it expires after at most the visibility timeout, capped at _RESTORE_LOCK_MAX_S. A scan takes
+  milliseconds; one outliving its lock could restore a message twice, and chunks are idempotent.
 - time limits: the soft limit raises inside the chunk, which records its remaining images as
   failed so the job still finishes; the hard limit (prefork pool only) kills a stuck child.
 - results: chunk tasks ignore their result; masks go to the result store, progress to Redis.
@@ -23,6 +27,7 @@ CHUNK_TASK = "discoseg.run_chunk"
 CHUNK_QUEUE = "discoseg.chunks"
 _SOFT_LIMIT_MARGIN = 0.9
 _PROCESS_START_TIMEOUT_S = 300.0
+_RESTORE_LOCK_MAX_S = 60
 
 
 def create_celery_app(settings: Settings) -> Celery:
@@ -50,6 +55,7 @@ def create_celery_app(settings: Settings) -> Celery:
             # Look for messages of lost workers often enough for the visibility timeout.
             "unacked_restore_interval": max(1, min(10, visibility // 4)),
             "unacked_restore_throttle": 1,
+            "unacked_mutex_expire": min(visibility, _RESTORE_LOCK_MAX_S),
             "socket_connect_timeout": 2,
             "socket_timeout": 10,
         },

@@ -1,8 +1,9 @@
 """Batch jobs on the Celery backend with real `discoseg worker` processes and a real Redis
 (127.0.0.1:6379, databases 11 to 14 only; or a redis-server this module starts): uploads, COCO
-with tag hints, a bad image, cancel, a worker killed in the middle of a chunk, Redis going away
-and coming back, Redis killed in the middle of a job, a worker that cannot load its model,
-chunks the broker lost, and a submission that fails half-way."""
+with tag hints, a bad image, cancel, a worker killed in the middle of a chunk (also inside the
+broker's redelivery scan), Redis going away and coming back, Redis killed in the middle of a
+job, a worker that cannot load its model, chunks the broker lost, and a submission that fails
+half-way."""
 
 import json
 import os
@@ -25,7 +26,7 @@ from service.jobs.redis_state import SUBMISSION_TTL_S
 from service.jobs.state import JobBackendUnavailable
 from service.main import create_app
 from service.runtime import ModelRuntime
-from service.worker.app import CHUNK_QUEUE
+from service.worker.app import CHUNK_QUEUE, create_celery_app
 from tests.service.conftest import encode, scene_image
 from tests.service.test_jobs import (
     REPO,
@@ -203,9 +204,13 @@ def test_celery_cancel_skips_pending_chunks(celery_env) -> None:
     assert_error(client.get(f"/v1/jobs/{job['id']}/result"), 409, "job_not_finished")
 
 
+@pytest.mark.parametrize("restore_lock_left", [False, True],
+                         ids=["killed", "killed-holding-the-restore-lock"])
 def test_worker_killed_mid_chunk_job_completes_once_per_image(
-    redis_base, bundle_path, runtime, tmp_path
+    redis_base, bundle_path, runtime, tmp_path, restore_lock_left
 ) -> None:
+    """The survivor runs the rest, also when the doomed worker died inside the broker's scan
+    for messages to redeliver, leaving that scan's lock to expire on its own."""
     settings = job_settings(tmp_path, bundle_path, redis_url=f"{redis_base}/14",
                             job_chunk_size=3, job_redelivery_timeout_s=2)
     _clean_db(settings.redis_url)
@@ -224,6 +229,10 @@ def test_worker_killed_mid_chunk_job_completes_once_per_image(
             first.kill()  # SIGKILL, parent and child, in the middle of chunk 0
             assert 1 <= done_at_kill < 3, f"not mid-chunk: {done_at_kill} images done"
             assert client.get(f"/v1/jobs/{job['id']}").json()["state"] == "running"
+            if restore_lock_left:
+                options = create_celery_app(settings).conf.broker_transport_options
+                expire = options.get("unacked_mutex_expire", Channel.unacked_mutex_expire)
+                states.set(Channel.unacked_mutex_key, "doomed's token", px=int(expire * 1000))
 
             second = Worker(settings, "survivor", tmp_path / "survivor.log")
             status = wait_finished(client, job["id"], timeout=90)
