@@ -10,6 +10,9 @@ s[i, bg] over all proposals is common to every output and dropped).
   by margin while it is positive, up to max_instances_per_tag per class; a candidate that
   overlaps a chosen one beyond τ_overlap (intersection over the smaller mask) is skipped. The
   greedy is an approximation of the argmax of the score under the non-overlap constraint.
+  Where the proposals allow no consistent output (fewer mutually non-overlapping proposals
+  than tags, as on a faint, low-contrast image), a class that finds no free candidate takes its
+  best candidate overlapping the chosen ones, or, every candidate taken, none.
 - boxes: one candidate per box with the box's class, assigned by maximum-weight matching
   (Hungarian) so that no proposal serves two boxes. Instances of boxes that overlap may
   overlap inside the shared part of their boxes: the annotation itself says they do.
@@ -127,7 +130,7 @@ def tag_argmax(
 ) -> Selection:
     """Greedy consistent argmax for tags. margins: FloatTensor[Q, C+1].
 
-    Raises ValueError when some tagged class finds no candidate free of overlap.
+    Raises ValueError when there is no candidate at all.
     """
     labels = np.asarray(tags.labels, dtype=np.int64)
     if labels.size == 0:
@@ -148,14 +151,9 @@ def tag_argmax(
     order = np.argsort(-tag_margins.max(axis=0), kind="stable")
     for position, t in enumerate(order):
         remaining = len(order) - position - 1
-        for q in np.argsort(-tag_margins[:, t], kind="stable"):
-            if not blocked[q] and _completable(blocked | conflicts[q], conflicts, remaining):
-                take(int(q), int(labels[t]))
-                break
-        else:
-            raise ValueError(
-                f"no proposal free of overlap is left for tagged class {int(labels[t])}"
-            )
+        q = _tag_pick(tag_margins[:, t], blocked, conflicts, remaining, chosen)
+        if q is not None:
+            take(q, int(labels[t]))
 
     limit = len(candidates) if max_instances_per_tag is None else max_instances_per_tag
     counts = dict.fromkeys(labels.tolist(), 1)
@@ -169,6 +167,24 @@ def tag_argmax(
             take(int(q), label)
             counts[label] += 1
     return _selection(chosen, chosen_labels)
+
+
+def _tag_pick(
+    margins: np.ndarray,
+    blocked: np.ndarray,
+    conflicts: np.ndarray,
+    remaining: int,
+    chosen: list[int],
+) -> int | None:
+    """The best candidate by `margins` (float[Q]) for one tagged class: free of overlap and
+    leaving room for `remaining` more classes; failing that (no consistent output exists), the
+    best free one, then the best one not chosen yet; None when every candidate is chosen."""
+    order = np.argsort(-margins, kind="stable")
+    for q in order:
+        if not blocked[q] and _completable(blocked | conflicts[q], conflicts, remaining):
+            return int(q)
+    fallback = [q for q in order if not blocked[q]] or [q for q in order if q not in chosen]
+    return int(fallback[0]) if fallback else None
 
 
 def _completable(blocked: np.ndarray, conflicts: np.ndarray, count: int) -> bool:
