@@ -6,6 +6,7 @@ without it only our generator is measured. Both run on one thread over synthetic
 and CPU time of the process, which a busy machine disturbs less), mask recall (ours) and box
 recall (both) of the ground-truth instances at IoU 0.5 and 0.7, and the number of proposals.
 OpenCV's box recall is given for all its boxes and for its first as many boxes as we return.
+With `--grayscale` the scenes are converted to gray (kept as three equal channels) first.
 
     .venv/bin/python bench/proposals.py --n 20 --size 512 --seed 0
 """
@@ -32,6 +33,11 @@ def mask_ious(proposals: torch.Tensor, truth: np.ndarray) -> torch.Tensor:
     gt = torch.from_numpy(truth).reshape(len(truth), -1).float()  # (G, HW)
     inter = gt @ flat.T
     return inter / (gt.sum(1, keepdim=True) + flat.sum(1) - inter)
+
+
+def gray_copy(image: np.ndarray) -> np.ndarray:
+    """uint8[H, W, 3] with the three channels set to the image's luminance."""
+    return np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
 
 
 def recalls(best: torch.Tensor, prefix: str) -> dict[str, float]:
@@ -64,6 +70,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=512, help="image side in pixels")
     parser.add_argument("--seed", type=int, default=0, help="scene i uses the rng (seed, i)")
     parser.add_argument("--settings", type=str, default="{}", help="ProposalSettings as JSON")
+    parser.add_argument("--grayscale", action="store_true", help="gray copies of the scenes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
@@ -76,12 +83,13 @@ def main() -> None:
     instances = 0
     for i in range(args.n):
         scene = render_scene(np.random.default_rng([args.seed, i]), args.size)
+        image = gray_copy(scene.image) if args.grayscale else scene.image
         instances += len(scene.masks)
         gt_boxes = masks_to_boxes(torch.from_numpy(scene.masks))
         gt_boxes[:, 2:] += 1  # pixel ranges, as the proposals' boxes below
 
         start, start_cpu = time.perf_counter(), time.process_time()
-        proposals = propose(scene.image, settings=settings)
+        proposals = propose(image, settings=settings)
         ours_seconds = time.perf_counter() - start
         ours_cpu_seconds = time.process_time() - start_cpu
 
@@ -95,11 +103,16 @@ def main() -> None:
             "ours_proposals": len(proposals),
         }
         if HAS_SELECTIVE_SEARCH:
-            counts.update(opencv_counts(scene.image, gt_boxes, len(proposals)))
+            counts.update(opencv_counts(image, gt_boxes, len(proposals)))
         for key, value in counts.items():
             totals[key] = totals.get(key, 0.0) + value
 
-    result: dict[str, float | int] = {"images": args.n, "size": args.size, "seed": args.seed}
+    result: dict[str, float | int] = {
+        "images": args.n,
+        "size": args.size,
+        "seed": args.seed,
+        "grayscale": args.grayscale,
+    }
     result["instances"] = instances
     for key, value in totals.items():
         per = instances if "recall" in key else args.n
