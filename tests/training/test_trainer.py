@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 import training.trainer as trainer_module
 from models.annotations import BoxAnnotation
@@ -116,6 +117,25 @@ def test_train_writes_bundle_log_and_state(data, cache_dir, tmp_path, config):
         assert {r["phase"] for r in steps} == {"supervised"}
     else:
         assert {"warm_start", "p_step"} <= {r["phase"] for r in steps}
+
+
+def test_tags_train_on_an_image_whose_proposals_allow_no_consistent_output(cache_dir, tmp_path):
+    """A blank image tagged with two classes has one proposal (the whole image): no output
+    gives each tag its own instance, and training goes on with what the image allows."""
+    root = tmp_path / "data"
+    train_json, _ = generate_dataset(root, n=4, size=48, seed=0, val_fraction=0)
+    coco = json.loads(train_json.read_text())
+    classes_of: dict[int, set[int]] = {}
+    for annotation in coco["annotations"]:
+        classes_of.setdefault(annotation["image_id"], set()).add(annotation["category_id"])
+    image_id = max(classes_of, key=lambda i: len(classes_of[i]))
+    assert len(classes_of[image_id]) >= 2
+    entry = next(e for e in coco["images"] if e["id"] == image_id)
+    Image.new("RGB", (48, 48), (128, 128, 128)).save(root / entry["file_name"])
+    out = tmp_path / "model.pt"
+    config = dataclasses.replace(TINY, supervision="tags", rounds=1)
+    assert run(config, (train_json, root), cache_dir, out) == out
+    assert load_bundle(out).metadata["completed_phases"] == len(schedule(config))
 
 
 class Interrupted(Exception):
