@@ -22,7 +22,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from models.annotations import Annotation, BoxAnnotation
+from models.annotations import Annotation, BoxAnnotation, TagAnnotation
 from models.candidates import Candidates, annotation_candidates, with_box_rectangles
 from models.descriptors import (
     DESCRIPTOR_SIZE,
@@ -32,7 +32,13 @@ from models.descriptors import (
     working_copy,
 )
 from models.images import as_image_tensor
-from models.inference import InferenceConfig, consistent_argmax, most_frequent, to_instances
+from models.inference import (
+    InferenceConfig,
+    consistent_argmax,
+    most_frequent,
+    tags_respected,
+    to_instances,
+)
 from models.pairwise import proposal_affinity, refine_scores
 from models.structures import InstanceSet, any_along
 from models.unet import UNet
@@ -260,7 +266,8 @@ class ConditionalNet(nn.Module):
         `consistent_proposals` (ModelBundle.pseudo_labels gives the prediction network's);
         leading: with `draws`, the outputs of the first `leading` draws rank first
         (`most_frequent`); inference: the consistent argmax's settings (default: the
-        network's). Raises ValueError for an invalid annotation.
+        network's). Raises ValueError for an invalid annotation, and for tags that no output
+        over the proposals can respect (fewer non-overlapping proposals than tags).
         """
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
@@ -280,5 +287,13 @@ class ConditionalNet(nn.Module):
         candidates = self.candidates(proposals.cpu(), annotation)
         inference = inference or self.config.inference
         selections = [consistent_argmax(s, candidates, annotation, inference) for s in scores]
+        if isinstance(annotation, TagAnnotation) and not all(
+            tags_respected(s, candidates, annotation, inference.overlap_threshold)
+            for s in selections
+        ):
+            raise ValueError(
+                f"the proposals hold no {len(annotation.labels)} regions free of overlap for "
+                "the tags"
+            )
         kept = most_frequent(selections, k, leading) if draws is not None else range(k)
         return [to_instances(selections[i], candidates, scores[i]) for i in kept]

@@ -169,6 +169,19 @@ def tag_argmax(
     return _selection(chosen, chosen_labels)
 
 
+def tags_respected(
+    selection: Selection, candidates: Candidates, tags: TagAnnotation, overlap_threshold: float
+) -> bool:
+    """Whether a tag output is consistent: every tagged class has an instance and no two
+    instances overlap beyond τ_overlap (`tag_argmax` gives way on both only where the
+    proposals allow no consistent output)."""
+    ids = selection.candidate_ids
+    overlapping = candidates.overlap[ids][:, ids] > overlap_threshold
+    overlapping.fill_diagonal_(False)
+    labels = set(selection.labels.tolist())
+    return labels == set(tags.labels) and not bool(overlapping.any())
+
+
 def _tag_pick(
     margins: np.ndarray,
     blocked: np.ndarray,

@@ -24,6 +24,7 @@ from models.inference import (
     delta_augmentation,
     most_frequent,
     selection_score,
+    tags_respected,
     to_instances,
     unclaimed_instances,
 )
@@ -41,6 +42,7 @@ from tests.models.strategies import (
     masks_near_boxes,
     proposal_masks,
     score_tensors,
+    tag_output_exists,
     tag_sets,
     usually,
 )
@@ -101,6 +103,9 @@ def test_tag_outputs_are_consistent(data):
     selection = consistent_argmax(scores, candidates, tags, config, augmentation)
     output = to_instances(selection, candidates, scores)
     event(assert_tag_output(output, tags, proposals, config.overlap_threshold))
+    assert tags_respected(selection, candidates, tags, config.overlap_threshold) == (
+        tag_output_exists(proposals, len(tags.labels), config.overlap_threshold)
+    )
     assert output.proposal_ids.unique().numel() == len(output)
 
 

@@ -122,21 +122,6 @@ def test_one_sample_has_no_diversity(client) -> None:
     assert body["diversity"] == 0
 
 
-def test_a_blank_image_tagged_with_two_classes_gets_a_sample(client) -> None:
-    """One proposal (the whole image) for two tags: no sample can give each its own
-    instance, and the answer is the one the image allows instead of an error."""
-    blank = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), 128, dtype=np.uint8)
-    response = client.post(
-        "/v1/pseudo-labels",
-        files=upload(encode(blank)),
-        data={"tags": '["disc", "square"]', "k": "3", "seed": "0"},
-    )
-    assert response.status_code == 200, response.text
-    samples = response.json()["samples"]
-    assert samples and all(len(sample["instances"]) == 1 for sample in samples)
-    assert {sample["instances"][0]["label"] for sample in samples} <= {"disc", "square"}
-
-
 def test_empty_tags_give_one_empty_sample(client) -> None:
     body = _post(client, 8, tags="[]", k=2).json()
     assert [sample["instances"] for sample in body["samples"]] == [[]]
