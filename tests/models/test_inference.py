@@ -133,10 +133,7 @@ def test_tag_argmax_without_a_consistent_output_lets_instances_overlap():
     tags = TagAnnotation((1, 2))
     selection = consistent_argmax(scores, tag_candidates(proposals), tags, InferenceConfig())
     pairs = zip(selection.candidate_ids.tolist(), selection.labels.tolist(), strict=True)
-    assert sorted(pairs) == [
-        (0, 1),
-        (1, 2),
-    ]
+    assert sorted(pairs) == [(0, 1), (1, 2)]
     alone = consistent_argmax(scores[1:], tag_candidates(proposals[1:]), tags, InferenceConfig())
     assert alone.labels.tolist() == [2]
 
