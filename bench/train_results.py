@@ -1,11 +1,12 @@
 """Train and evaluate the configurations of the results table through the CLI.
 
 For each run and training seed: `discoseg train` on the train split of a `discoseg make-data`
-family, then `discoseg evaluate --model` on its val split. Prints one JSON object per run as it
-finishes, and at the end the markdown table: mAP_r at IoU 0.25 / 0.5 / 0.75 and ABO as means
-over the seeds (the spread of mAP_r@0.5 beside it), training seconds, and the share of C-step
-steps whose sample y_p of the prediction network was not empty, and mAP_r@0.5 over every
-detection (`--score-threshold 0`, the paper's convention: a threshold only cuts the tail of the
+family, `discoseg predict` on its val split keeping every detection, and `discoseg evaluate
+--results` of those. Prints one JSON object per run as it finishes, and at the end the markdown
+table: mAP_r at IoU 0.25 / 0.5 / 0.75 and ABO at the default score threshold as means over the
+seeds (the spread of mAP_r@0.5 beside it), training seconds, the share of the C-step's samples
+y_p of the prediction network that were not empty, and mAP_r@0.5 over every detection
+(`--score-threshold 0`, the paper's convention: a threshold only cuts the tail of the
 precision-recall curve, so it can lower AP but never raise it). With `--parallel N`, N runs
 train at once with one torch thread each; their training seconds then count one thread each.
 
@@ -25,6 +26,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from models.thresholds import SCORE_THRESHOLD
 from training.config import SCHEDULES
 
 
@@ -71,7 +73,8 @@ def discoseg(*args: str, env: dict[str, str] | None = None) -> None:
 
 
 def c_step_y_p_share(log: Path) -> float | None:
-    """The share of C-step steps (a training log) whose y_p was not empty; None without any."""
+    """The share of the C-step's samples y_p (a training log) that were not empty; None
+    without a C-step."""
     shares = [
         record["terms"]["y_p_nonempty"]
         for record in map(json.loads, log.read_text().splitlines())
@@ -106,8 +109,7 @@ def train_and_evaluate(
         env=env,
     )
     seconds = time.perf_counter() - start
-    metrics = evaluate(bundle, data, env)
-    every_detection = evaluate(bundle, data, env, score_threshold="0")
+    metrics, every_detection = evaluate(bundle, data, env)
     row = {"run": name, "options": " ".join(options), "seed": seed, "train_s": round(seconds, 1)}
     row["c_step_y_p_share"] = c_step_y_p_share(Path(f"{bundle}.log.jsonl"))
     row |= {k: round(metrics[k], 4) for k in ("mAP_r@0.25", "mAP_r@0.5", "mAP_r@0.75", "ABO")}
@@ -116,26 +118,44 @@ def train_and_evaluate(
     return row
 
 
-def evaluate(bundle: Path, data: Path, env: dict, score_threshold: str | None = None) -> dict:
-    """`discoseg evaluate` of a bundle on the val split, at the default score threshold or the
-    given one; its metrics JSON."""
-    suffix = ".metrics.json" if score_threshold is None else f".metrics-t{score_threshold}.json"
-    metrics_file = bundle.with_suffix(suffix)
-    threshold = [] if score_threshold is None else ["--score-threshold", score_threshold]
+def evaluate(bundle: Path, data: Path, env: dict) -> tuple[dict, dict]:
+    """`discoseg predict` of a bundle on the val split with every detection kept, then
+    `discoseg evaluate --results` of them at the default score threshold and over every
+    detection: their metrics JSONs."""
+    val = data / "val.json"
+    images = [str(data / image["file_name"]) for image in json.loads(val.read_text())["images"]]
+    results = bundle.with_suffix(".results.json")
     discoseg(
-        "evaluate",
-        "--data",
-        str(data / "val.json"),
-        "--images",
-        str(data),
+        "predict",
         "--model",
         str(bundle),
+        *images,
+        "--data",
+        str(val),
         "--out",
-        str(metrics_file),
-        *threshold,
+        str(results),
+        "--score-threshold",
+        "0",
+        "--no-progress",
         env=env,
     )
-    return json.loads(metrics_file.read_text())
+    metrics = []
+    for suffix, threshold in ((".metrics.json", str(SCORE_THRESHOLD)), (".metrics-t0.json", "0")):
+        metrics_file = bundle.with_suffix(suffix)
+        discoseg(
+            "evaluate",
+            "--data",
+            str(val),
+            "--results",
+            str(results),
+            "--score-threshold",
+            threshold,
+            "--out",
+            str(metrics_file),
+            env=env,
+        )
+        metrics.append(json.loads(metrics_file.read_text()))
+    return metrics[0], metrics[1]
 
 
 def summary(name: str, rows: list[dict]) -> str:

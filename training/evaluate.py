@@ -218,23 +218,29 @@ def _check_results(results: Any, image_ids: set[int], category_ids: set[int]) ->
             raise ValueError(f"result {i} names unknown image_id {r['image_id']!r}")
         if r["category_id"] not in category_ids:
             raise ValueError(f"result {i} names unknown category_id {r['category_id']!r}")
+        if not isinstance(r["score"], int | float) or isinstance(r["score"], bool):
+            raise ValueError(f"result {i}: score must be a number, got {r['score']!r}")
         segmentation = r.get("segmentation")
         if not isinstance(segmentation, dict) or not {"size", "counts"} <= segmentation.keys():
             raise ValueError(f"result {i}: segmentation must be an RLE dict, got {segmentation!r}")
 
 
-def evaluate_coco_files(gt_json: Path, results_json: Path) -> dict[str, Any]:
+def evaluate_coco_files(
+    gt_json: Path, results_json: Path, score_threshold: float = 0.0
+) -> dict[str, Any]:
     """mAP_r, ABO and COCO mask AP of COCO-format results against COCO-format ground truth.
 
     Ground truth segmentations may be polygons or RLE; results are [{image_id, category_id,
-    score, segmentation: RLE}]. Classes are the ground-truth categories sorted by id. Adds
-    coco_mask_AP, coco_mask_AP50, coco_mask_AP75 from pycocotools' COCOeval (0 for no results).
+    score, segmentation: RLE}], those scoring under `score_threshold` left out. Classes are
+    the ground-truth categories sorted by id. Adds coco_mask_AP, coco_mask_AP50,
+    coco_mask_AP75 from pycocotools' COCOeval (0 for no results).
     """
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools reports progress on stdout
         coco_gt = COCO(str(gt_json))
     results = json.loads(Path(results_json).read_text())
     category_ids = sorted(coco_gt.getCatIds())
     _check_results(results, set(coco_gt.getImgIds()), set(category_ids))
+    results = [r for r in results if float(r["score"]) >= score_threshold]
 
     label_of = {cat_id: label for label, cat_id in enumerate(category_ids)}
     evaluator = InstanceSegEvaluator([coco_gt.cats[c]["name"] for c in category_ids])

@@ -10,18 +10,11 @@ import typer
 from models.devices import DEVICES
 from models.thresholds import SCORE_THRESHOLD
 from training.errors import check_choice, fail, user_errors
-from training.predict_command import (
-    Device,
-    Progress,
-    ScoreThreshold,
-    check_score_threshold,
-)
+from training.predict_command import Device, Progress, check_score_threshold
 
 
 def evaluate(
-    data: Annotated[
-        Path, typer.Option("--data", help="COCO JSON with the ground-truth masks.")
-    ],
+    data: Annotated[Path, typer.Option("--data", help="COCO JSON with the ground-truth masks.")],
     images: Annotated[
         Path | None,
         typer.Option(
@@ -47,7 +40,15 @@ def evaluate(
             "per_class, coco_mask_AP, coco_mask_AP50, coco_mask_AP75.",
         ),
     ] = None,
-    score_threshold: ScoreThreshold = SCORE_THRESHOLD,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--score-threshold",
+            help=f"Keep detections scoring at least this, in [0, 1]. Default: {SCORE_THRESHOLD} "
+            "for --model, every record of --results.",
+            show_default=False,
+        ),
+    ] = None,
     device: Device = "auto",
     progress: Progress = True,
 ) -> None:
@@ -61,7 +62,8 @@ def evaluate(
         fail("give exactly one of --model and --results")
     if model is not None and images is None:
         fail("--model needs --images, the folder of the images of --data")
-    check_score_threshold(score_threshold)
+    if score_threshold is not None:
+        check_score_threshold(score_threshold)
     check_choice("--device", device, DEVICES)
     from models.bundle import load_bundle
     from models.devices import resolve_device
@@ -78,7 +80,7 @@ def evaluate(
                 bundle,
                 [(image_id, images / name) for image_id, name in index.images],
                 category_ids=index.category_ids(bundle.classes),
-                score_threshold=score_threshold,
+                score_threshold=SCORE_THRESHOLD if score_threshold is None else score_threshold,
                 device=resolve_device(device),
                 progress=progress,
             )
@@ -89,7 +91,7 @@ def evaluate(
         elif not results.is_file():
             raise FileNotFoundError(f"results file not found: {results}")
         else:
-            metrics = evaluate_coco_files(data, results)
+            metrics = evaluate_coco_files(data, results, score_threshold or 0.0)
         if out is not None:
             out.write_text(json.dumps(metrics, indent=2))
     typer.echo(format_table(metrics))

@@ -181,6 +181,19 @@ def test_evaluate_with_model_equals_evaluate_of_its_predictions(data, model, tmp
     assert direct == json.loads((tmp_path / "via_results.json").read_text())
     assert set(direct["per_class"]) <= set(CLASSES)
 
+    # A threshold given with --results leaves out the records under it, as the model would.
+    scores = sorted(r["score"] for r in json.loads((tmp_path / "results.json").read_text()))
+    higher = scores[len(scores) // 2]
+    assert scores[0] < higher, "the test needs results on both sides of the threshold"
+    ok("evaluate", "--data", val_json, "--results", tmp_path / "results.json",
+       "--score-threshold", higher, "--out", tmp_path / "via_results_higher.json")
+    ok("evaluate", "--data", val_json, "--images", root, "--model", model,
+       "--score-threshold", higher, "--device", "cpu", "--no-progress",
+       "--out", tmp_path / "direct_higher.json")
+    higher_metrics = json.loads((tmp_path / "via_results_higher.json").read_text())
+    assert higher_metrics == json.loads((tmp_path / "direct_higher.json").read_text())
+    assert higher_metrics != direct
+
 
 def test_proposals_writes_one_loadable_file_per_image(data, tmp_path):
     root, train_json, _ = data
@@ -261,6 +274,8 @@ ERRORS = {
     "model and results": (["evaluate", "--data", "{val}", "--images", "{root}",
                            "--model", "{model}", "--results", "{bad}/list.json"], "exactly one"),
     "neither": (["evaluate", "--data", "{val}"], "exactly one"),
+    "bad evaluate threshold": (["evaluate", "--data", "{val}", "--results", "{bad}/list.json",
+                                "--score-threshold", "-0.1"], "--score-threshold"),
     "results not json": (["evaluate", "--data", "{val}", "--results", "{bad}/text.json"],
                          "Expecting value"),
     "unknown image id": (["evaluate", "--data", "{val}", "--results", "{bad}/unknown_image.json"],

@@ -473,6 +473,10 @@ def test_evaluate_coco_files(tmp_path: Path) -> None:
         ([{"image_id": 7, "category_id": 1, "score": 1.0, "segmentation": [[0, 0, 1, 1]]}],
          "must be an RLE"),
         ([{"image_id": 7, "score": 1.0}], "lacks"),
+        ([{"image_id": 7, "category_id": 1, "score": "high", "segmentation": encode_mask(A)}],
+         "score must be a number"),
+        ([{"image_id": 7, "category_id": 1, "score": None, "segmentation": encode_mask(A)}],
+         "score must be a number"),
     ],
 )  # fmt: skip
 def test_evaluate_coco_files_rejects_bad_results(tmp_path: Path, results, message: str) -> None:
