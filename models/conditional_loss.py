@@ -1,8 +1,8 @@
 """The C-step surrogate loss (docs/design.md, C-step): the paper's Algorithm 1, ε = +1.
 
-For each sample k: ŷ_c^k = argmax S^k, ŷ_a^k = the loss-augmented argmax of S^k against y_p^k, a
-sample of the prediction network's output of its own, and for every other sample k'
-ŷ_b^{k,k'} = the loss-augmented argmax of S^k against ŷ_c^{k'}. The surrogate
+For each sample k: ŷ_c^k = argmax S^k, ŷ_a^k = the loss-augmented argmax of S^k against the
+prediction network's output y_p, and for every other sample k' ŷ_b^{k,k'} = the loss-augmented
+argmax of S^k against ŷ_c^{k'}. The surrogate
 
     L_c = 1/K Σ_k [S^k(ŷ_a^k) - S^k(ŷ_c^k)]
           - γ/(K(K-1)) Σ_{k != k'} [S^k(ŷ_b^{k,k'}) - S^k(ŷ_c^k)]
@@ -16,14 +16,8 @@ term. A network whose noise moves no pick gives K equal samples, and their pair 
 away from the common output alike: that flattens the scores without making the samples differ
 (given tags, top-1 IoU on val fell from 0.63 to 0.45 in two C-steps; bench/noise_effect.py).
 Pairs that differ keep the paper's term, so diversity the noise does produce is rewarded.
-
-Each sample meets its own draw y_p^k of the prediction network (the paper's "fixed prediction
-distribution samples"): the agreement term then estimates DIV(Pr_p, Pr_c), an expectation over
-both distributions, and a detection the prediction network is unsure of draws only some of the
-samples towards it. A sample whose draw is empty has no agreement term (ŷ_a^k = ŷ_c^k).
 """
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -58,13 +52,10 @@ def c_step_outputs(
     scores: Tensor,
     candidates: Candidates,
     annotation: Annotation,
-    predictions: Sequence[InstanceSet],
+    prediction: InstanceSet,
     config: InferenceConfig,
 ) -> CStepOutputs:
-    """Statements 1-7 of Algorithm 1. scores: FloatTensor[K, P, C+1]; predictions: the K draws
-    y_p^k of the prediction network, one per sample."""
-    if len(predictions) != scores.shape[0]:
-        raise ValueError(f"need one y_p per sample: {len(predictions)} for {scores.shape[0]}")
+    """Statements 1-7 of Algorithm 1. scores: FloatTensor[K, P, C+1]; prediction: y_p."""
     num_classes = scores.shape[-1] - 1
 
     def argmax(k: int, augmentation: Tensor | None = None) -> Selection:
@@ -72,14 +63,11 @@ def c_step_outputs(
 
     k_range = range(scores.shape[0])
     samples = [argmax(k) for k in k_range]
+    towards_prediction = delta_augmentation(candidates, prediction, num_classes)
     towards_sample = [delta_augmentation(candidates, y, num_classes) for y in samples]
-    augmented = [
-        argmax(k, delta_augmentation(candidates, y_p, num_classes)) if len(y_p) else samples[k]
-        for k, y_p in zip(k_range, predictions, strict=True)
-    ]
     return CStepOutputs(
         samples=samples,
-        augmented=augmented,
+        augmented=[argmax(k, towards_prediction) for k in k_range],
         pair_augmented={
             (k, other): argmax(k, towards_sample[other])
             for k in k_range
@@ -106,10 +94,9 @@ def conditional_loss(
     k = scores.shape[0]
     margins = [candidate_margins(scores[i], candidates) for i in range(k)]
     sample_scores = [selection_score(margins[i], outputs.samples[i]) for i in range(k)]
-    agreement = (
-        sum(selection_score(margins[i], outputs.augmented[i]) - sample_scores[i] for i in range(k))
-        / k
-    )
+    agreement = sum(
+        selection_score(margins[i], outputs.augmented[i]) - sample_scores[i] for i in range(k)
+    ) / k
     # The paper's eq. 6 averages over ordered pairs with 1/(K(K-1)); its Algorithm 1 writes
     # 2/(K(K-1)), the same average over unordered pairs, each of which the ordered sum counts
     # twice (Δ is symmetric). Pairs of equal samples are absent and count as 0.

@@ -198,43 +198,41 @@ def supervised_loss(
 
 
 @torch.no_grad()
-def sample_predictions(
-    prediction: ProposalMaskRCNN, item: TrainingItem, min_score: float, k: int, device: torch.device
-) -> list[InstanceSet]:
-    """K independent samples y_p ~ Pr_p of the prediction network's output on an item (the
-    paper's eq. 13 takes the expectation over such samples), from one forward pass: in each,
-    every detection scoring at least min_score is an instance with probability its score,
-    independently of the others."""
+def sample_prediction(
+    prediction: ProposalMaskRCNN, item: TrainingItem, min_score: float, device: torch.device
+) -> InstanceSet:
+    """A sample y_p ~ Pr_p of the prediction network's output on an item (the paper's eq. 13
+    takes the expectation over such samples): each detection scoring at least min_score is an
+    instance with probability its score, independently of the others."""
     output = prediction([item.tensor.to(device)], [item.region_proposals().to(device)])[0]
     scores = output["scores"]
-    draws = torch.rand((k, *scores.shape)).to(scores.device)
-    return [detected_instances(output, (scores >= min_score) & (d < scores)) for d in draws]
+    draws = torch.rand(scores.shape).to(scores.device)
+    return detected_instances(output, (scores >= min_score) & (draws < scores))
 
 
 def c_step_terms(
     item: TrainingItem,
-    y_ps: list[InstanceSet],
+    y_p: InstanceSet,
     conditional: ConditionalNet,
     config: TrainConfig,
     device: torch.device,
 ) -> dict[str, Tensor]:
-    """The paper's Algorithm 1, each of the K samples against its own draw y_p^k of the
-    prediction network, plus the warm start's annotation loss on every sample, for one item.
+    """The paper's Algorithm 1 against y_p, plus the warm start's annotation loss on every
+    sample, for one item.
 
-    Where every y_p^k is empty the annotation loss is the only term: Algorithm 1's agreement
-    term is then 0 and its diversity term, unopposed, flattens the scores until every sample
-    leaves its best consistent output (given boxes, top-1 IoU fell from 0.90 to 0.46 in two
-    C-steps).
+    Where y_p is empty the annotation loss is the only term: Algorithm 1's agreement term is
+    then 0 and its diversity term, unopposed, flattens the scores until every sample leaves its
+    best consistent output (given boxes, top-1 IoU fell from 0.90 to 0.46 in two C-steps).
     """
     scores = conditional(item.tensor.to(device), item.context.to(device), config.k).cpu()
     candidates = item.candidates()
     prior = conditional.objectness_prior(item.context)
     anchor = annotation_loss(scores, item, candidates, prior, config)
-    if not any(len(y_p) for y_p in y_ps):
+    if len(y_p) == 0:
         zero = scores.sum() * 0
         return {"loss_agreement": zero, "loss_diversity": zero, **anchor}
     outputs = c_step_outputs(
-        scores.detach(), candidates, item.annotation, y_ps, conditional.config.inference
+        scores.detach(), candidates, item.annotation, y_p, conditional.config.inference
     )
     return {**conditional_loss(scores, candidates, outputs, config.gamma), **anchor}
 
@@ -242,20 +240,16 @@ def c_step_terms(
 def c_step_loss(
     batch: list[TrainingItem], bundle: ModelBundle, config: TrainConfig, device: torch.device
 ) -> dict[str, Tensor]:
-    """The C-step against K samples y_p^k of the prediction network's output per item; logs the
-    share of those samples that are not empty (`y_p_nonempty`) and their mean size
-    (`y_p_instances`)."""
+    """The C-step against a sample y_p of the prediction network's output per item; logs the
+    share of items whose y_p is not empty (`y_p_nonempty`) and its mean size (`y_p_instances`)."""
     terms = []
     for item in batch:
-        y_ps = sample_predictions(
-            bundle.prediction, item, config.prediction_threshold, config.k, device
-        )
-        sizes = torch.tensor([float(len(y_p)) for y_p in y_ps])
+        y_p = sample_prediction(bundle.prediction, item, config.prediction_threshold, device)
         terms.append(
             {
-                **c_step_terms(item, y_ps, bundle.conditional, config, device),
-                "y_p_nonempty": sizes.gt(0).float().mean(),
-                "y_p_instances": sizes.mean(),
+                **c_step_terms(item, y_p, bundle.conditional, config, device),
+                "y_p_nonempty": torch.tensor(float(len(y_p) > 0)),
+                "y_p_instances": torch.tensor(float(len(y_p))),
             }
         )
     return mean_terms(terms)

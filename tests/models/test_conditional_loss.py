@@ -1,4 +1,3 @@
-import pytest
 import torch
 
 from models.annotations import TagAnnotation
@@ -59,7 +58,7 @@ def test_outputs_are_consistent_and_loss_vanishes_when_scores_dominate_delta() -
     scores[:, 0, 1] = scores[:, 1, 2] = 200.0
     scores[:, 0, 0] = scores[:, 1, 0] = 0.0
     prediction = InstanceSet.from_masks(proposals[2:3], torch.tensor([1]))
-    outputs = c_step_outputs(scores, candidates, annotation, [prediction] * 3, InferenceConfig())
+    outputs = c_step_outputs(scores, candidates, annotation, prediction, InferenceConfig())
     for selection in [*outputs.samples, *outputs.augmented, *outputs.pair_augmented.values()]:
         assert sorted(selection.labels.tolist()) == [1, 2]
         assert sorted(selection.candidate_ids.tolist()) == [0, 1]
@@ -77,7 +76,7 @@ def test_only_samples_that_differ_make_diversity_pairs() -> None:
     scores[2, 1, 1] = 3.0  # sample 2 picks proposal 1
     prediction = InstanceSet.from_masks(proposals[0:1], torch.tensor([1]))
     outputs = c_step_outputs(
-        scores, candidates, TagAnnotation((1,)), [prediction] * 3, InferenceConfig()
+        scores, candidates, TagAnnotation((1,)), prediction, InferenceConfig()
     )
     assert set(outputs.pair_augmented) == {(0, 2), (2, 0), (1, 2), (2, 1)}
 
@@ -93,36 +92,11 @@ def test_loss_augmentation_moves_towards_high_loss_outputs() -> None:
     scores[0, 1, 0] = scores[0, 2, 0] = 1.0  # and 1, 2 are background
     prediction = InstanceSet.from_masks(proposals[0:1], torch.tensor([1]))
     greedy = InferenceConfig(max_instances_per_tag=None)
-    outputs = c_step_outputs(scores, candidates, annotation, [prediction], greedy)
+    outputs = c_step_outputs(scores, candidates, annotation, prediction, greedy)
     assert outputs.samples[0].candidate_ids.tolist() == [0]
     # Against y_p = proposal 0, choosing anything else costs Δ; loss augmentation adds them.
     assert set(outputs.augmented[0].candidate_ids.tolist()) > {0}
     # With one instance per tag it swaps proposal 0 for the best of the costly ones.
-    outputs = c_step_outputs(scores, candidates, annotation, [prediction], InferenceConfig())
+    outputs = c_step_outputs(scores, candidates, annotation, prediction, InferenceConfig())
     assert outputs.samples[0].candidate_ids.tolist() == [0]
     assert outputs.augmented[0].candidate_ids.tolist() == [1]
-
-
-def test_each_sample_meets_its_own_draw_of_the_prediction() -> None:
-    proposals = _disjoint_proposals(3)
-    candidates = tag_candidates(proposals)
-    annotation = TagAnnotation((1,))
-    scores = torch.zeros((3, 3, 2))
-    scores[:, 0, 1] = 1.0  # every sample picks proposal 0
-    scores[:, 1, 1] = 0.5
-    scores[:, 1:, 0] = 1.0
-    on_pick = InstanceSet.from_masks(proposals[0:1], torch.tensor([1]))
-    elsewhere = InstanceSet.from_masks(proposals[2:3], torch.tensor([1]))
-    empty = InstanceSet.from_masks(proposals[:0], torch.tensor([], dtype=torch.int64))
-    outputs = c_step_outputs(
-        scores, candidates, annotation, [on_pick, elsewhere, empty], InferenceConfig()
-    )
-    assert [s.candidate_ids.tolist() for s in outputs.samples] == [[0], [0], [0]]
-    # Against a draw on its own pick loss augmentation leaves it for the best costly proposal;
-    # a draw elsewhere already costs the pick Δ, and an empty draw has no agreement term.
-    assert [a.candidate_ids.tolist() for a in outputs.augmented] == [[1], [0], [0]]
-    losses = conditional_loss(scores.requires_grad_(), candidates, outputs, gamma=0.5)
-    # Sample 0 alone: its augmented margin (0.5 - 1) less its pick's (1 - 0), over K = 3.
-    assert losses["loss_agreement"].item() == pytest.approx(-1.5 / 3)
-    with pytest.raises(ValueError, match="one y_p per sample"):
-        c_step_outputs(scores, candidates, annotation, [on_pick], InferenceConfig())

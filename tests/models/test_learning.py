@@ -216,7 +216,7 @@ def test_c_step_moves_the_samples_towards_the_prediction():
     agreement = []
     for _ in range(30):
         scores = net(tensor, context, k, generator)
-        outputs = c_step_outputs(scores.detach(), candidates, tags, [y_p] * k, CONFIG.inference)
+        outputs = c_step_outputs(scores.detach(), candidates, tags, y_p, CONFIG.inference)
         terms = conditional_loss(scores, candidates, outputs, gamma=0.5)
         optimizer.zero_grad()
         sum(terms.values()).backward()
