@@ -103,9 +103,12 @@ def test_tag_outputs_are_consistent(data):
     selection = consistent_argmax(scores, candidates, tags, config, augmentation)
     output = to_instances(selection, candidates, scores)
     event(assert_tag_output(output, tags, proposals, config.overlap_threshold))
-    assert tags_respected(selection, candidates, tags, config.overlap_threshold) == (
-        tag_output_exists(proposals, len(tags.labels), config.overlap_threshold)
-    )
+    respected = tags_respected(selection, candidates, tags, config.overlap_threshold)
+    count, threshold = len(tags.labels), config.overlap_threshold
+    if tag_output_exists(proposals, count, threshold):
+        assert respected
+    if respected:  # overlaps of exactly τ are consistent, which tag_output_exists leaves out
+        assert tag_output_exists(proposals, count, threshold + 1e-5)
     assert output.proposal_ids.unique().numel() == len(output)
 
 
@@ -329,3 +332,17 @@ def test_most_frequent_ranks_distinct_outputs_by_count_then_draw_order():
     assert most_frequent(draws, 10, leading=1) == [0, 1, 3]
     assert most_frequent(draws, 10, leading=4) == [1, 0, 3]
     assert most_frequent(draws[::-1], 10, leading=1) == [0, 1, 2]
+
+
+def test_an_overlap_of_exactly_tau_respects_the_tags():
+    proposals = torch.zeros((2, 8, 8), dtype=torch.bool)
+    proposals[0, 0, 0:2] = True
+    proposals[1, 0, 1:5] = True  # one of the smaller mask's two pixels: overlap 0.5
+    candidates = tag_candidates(proposals)
+    tags = TagAnnotation((1, 2))
+    scores = torch.zeros((2, 3))
+    scores[0, 1] = scores[1, 2] = 3.0
+    selection = consistent_argmax(scores, candidates, tags, InferenceConfig())
+    assert sorted(selection.candidate_ids.tolist()) == [0, 1]
+    assert tags_respected(selection, candidates, tags, 0.5)
+    assert not tags_respected(selection, candidates, tags, 0.49)
