@@ -6,7 +6,8 @@ without it only our generator is measured. Both run on one thread over synthetic
 and CPU time of the process, which a busy machine disturbs less), mask recall (ours) and box
 recall (both) of the ground-truth instances at IoU 0.5 and 0.7, and the number of proposals.
 OpenCV's box recall is given for all its boxes and for its first as many boxes as we return.
-With `--grayscale` the scenes are converted to gray (kept as three equal channels) first.
+With `--grayscale` the scenes are converted to gray (kept as three equal channels) first;
+`--family photos` renders the photographic scenes of `discoseg make-data --family photos`.
 
     .venv/bin/python bench/proposals.py --n 20 --size 512 --seed 0
 """
@@ -22,6 +23,7 @@ from torchvision.ops import box_iou, masks_to_boxes
 
 from models.proposals import ProposalSettings, propose
 from training.data.synthetic import render_scene
+from training.make_data_command import FAMILIES
 
 THRESHOLDS = (0.5, 0.7)
 HAS_SELECTIVE_SEARCH = hasattr(cv2, "ximgproc")
@@ -71,18 +73,20 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="scene i uses the rng (seed, i)")
     parser.add_argument("--settings", type=str, default="{}", help="ProposalSettings as JSON")
     parser.add_argument("--grayscale", action="store_true", help="gray copies of the scenes")
+    parser.add_argument("--family", choices=tuple(FAMILIES), default="shapes")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
     settings = ProposalSettings.from_dict(json.loads(args.settings))
+    family = FAMILIES[args.family]
 
-    warm = render_scene(np.random.default_rng([args.seed, args.n]), args.size)
+    warm = render_scene(np.random.default_rng([args.seed, args.n]), args.size, family)
     propose(warm.image, settings=settings)  # first calls initialise OpenCV's colour tables
 
     totals: dict[str, float] = {}
     instances = 0
     for i in range(args.n):
-        scene = render_scene(np.random.default_rng([args.seed, i]), args.size)
+        scene = render_scene(np.random.default_rng([args.seed, i]), args.size, family)
         image = gray_copy(scene.image) if args.grayscale else scene.image
         instances += len(scene.masks)
         gt_boxes = masks_to_boxes(torch.from_numpy(scene.masks))
@@ -112,6 +116,7 @@ def main() -> None:
         "size": args.size,
         "seed": args.seed,
         "grayscale": args.grayscale,
+        "family": args.family,
     }
     result["instances"] = instances
     for key, value in totals.items():
