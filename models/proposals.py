@@ -3,10 +3,7 @@
 Superpixels come from graph-based segmentation (Felzenszwalb & Huttenlocher, scikit-image's
 implementation: OpenCV's lives in its contrib build, which the plain `opencv-python-headless`
 that many annotation tools install shadows) of a downscaled copy of the image, at a few scales
-and in a few colour spaces. An image without colour (its channels equal, as a grayscale photo
-read as RGB) gives one segmentation per scale whatever the colour space, so it is segmented in
-Lab alone, at the finer `gray_scales`: on gray copies of synthetic scenes mask recall at IoU 0.5
-rose from 0.71 to 0.90 (bench/proposals.py --grayscale).
+and in a few colour spaces.
 Each (segmentation, similarity) pair is one grouping strategy: starting from the superpixels,
 it greedily merges the most similar pair of adjacent regions until one region is left; every
 region on the way is a proposal. Regions are rows of a boolean (region x superpixel) table and
@@ -60,7 +57,6 @@ class ProposalSettings:
     colour_spaces: of "rgb", "hsv", "lab", "ycrcb"; each is segmented and grouped separately.
     scales: graph-segmentation k at work resolution; the minimum superpixel size is
         k * min_size_ratio pixels.
-    gray_scales: the scales of an image without colour, segmented in Lab alone.
     similarities: one strategy per entry and segmentation; each a string of the terms summed:
         c colour histogram, t texture histogram, s size, f fill.
     dedup_iou: drop a proposal whose mask IoU with a better one exceeds this.
@@ -78,7 +74,6 @@ class ProposalSettings:
     work_size: int = 256
     colour_spaces: tuple[str, ...] = ("hsv", "lab")
     scales: tuple[float, ...] = (100.0, 300.0)
-    gray_scales: tuple[float, ...] = (20.0, 50.0, 100.0, 300.0)
     sigma: float = 0.5
     min_size_ratio: float = 0.5
     similarities: tuple[str, ...] = ("ctsf", "tsf", "csf")
@@ -101,10 +96,8 @@ class ProposalSettings:
                 f"colour_spaces must be a non-empty subset of {sorted(_COLOUR_CONVERSIONS)}, "
                 f"got {self.colour_spaces}"
             )
-        for name in ("scales", "gray_scales"):
-            scales = getattr(self, name)
-            if not scales or any(not k > 0 for k in scales):
-                raise ValueError(f"{name} must be positive numbers, got {scales}")
+        if not self.scales or any(not k > 0 for k in self.scales):
+            raise ValueError(f"scales must be positive numbers, got {self.scales}")
         if not self.similarities or any(
             not s or set(s) - _SIMILARITY_TERMS for s in self.similarities
         ):
@@ -212,15 +205,14 @@ def propose(
 
     rng = np.random.default_rng(settings.seed)
     segmentations = []
-    colourless = _is_colourless(small)
-    for space in ("lab",) if colourless else settings.colour_spaces:
+    for space in settings.colour_spaces:
         conversion = _COLOUR_CONVERSIONS[space]
         coloured = small if conversion is None else cv2.cvtColor(small, conversion)
         colour_bins = _colour_bins(coloured, _CHANNEL_RANGES.get(space, (256, 256, 256)))
         texture_bins = (
             _texture_bins(coloured) if any("t" in s for s in settings.similarities) else None
         )
-        for k in settings.gray_scales if colourless else settings.scales:
+        for k in settings.scales:
             labels = felzenszwalb(
                 coloured,
                 scale=float(k),
@@ -245,12 +237,6 @@ def propose(
     for i, (s, r) in enumerate(chosen, start=len(box_masks)):
         _paint(segmentations[s].regions[r], segmentations[s].full_labels, masks[i])
     return torch.from_numpy(masks)  # (P, H, W)
-
-
-def _is_colourless(image: np.ndarray) -> bool:
-    """Whether the uint8[H, W, 3] image's channels differ by at most one level on average
-    (a grayscale image, JPEG's chroma noise included)."""
-    return float(np.ptp(image, axis=2).mean()) <= 1.0
 
 
 def _paint(region: np.ndarray, full_labels: np.ndarray, out: np.ndarray) -> None:

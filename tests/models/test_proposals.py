@@ -8,7 +8,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from models.proposals import ProposalSettings, propose
-from training.data.synthetic import render_scene
 
 
 def _scene(size: int = 128, seed: int = 0) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -62,31 +61,6 @@ def test_recovers_synthetic_objects() -> None:
     assert 0 < len(masks) <= 300
     best = _ious(torch.from_numpy(np.stack(objects)), masks).max(1).values
     assert bool((best >= 0.7).all()), best
-
-
-def test_recovers_objects_in_gray_scenes() -> None:
-    """Gray copies of synthetic scenes: the colour spaces give one segmentation per scale, the
-    gray scales find the objects of about their background's brightness (recall 0.71 at the
-    colour images' scales)."""
-    rng = np.random.default_rng(3)
-    best = []
-    for _ in range(12):
-        scene = render_scene(rng, 256)
-        gray = np.repeat(cv2.cvtColor(scene.image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-        masks = propose(gray)
-        _check_contract(masks, (256, 256), 0.9)
-        truth = torch.from_numpy(np.stack(scene.masks))
-        best.append(_ious(truth, masks).max(1).values)
-    recall = float((torch.cat(best) >= 0.5).float().mean())
-    assert recall >= 0.8, recall
-
-
-def test_gray_scales_apply_to_colourless_images_only() -> None:
-    image, _ = _scene()
-    gray = np.repeat(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)[..., None], 3, axis=2)
-    coarse = ProposalSettings(gray_scales=(300.0,))
-    assert torch.equal(propose(image, settings=coarse), propose(image))
-    assert len(propose(gray, settings=coarse)) < len(propose(gray))
 
 
 def test_downscaled_work_copy_keeps_full_resolution_contract() -> None:
@@ -230,8 +204,6 @@ def test_settings_round_trip_and_validation() -> None:
         ProposalSettings.from_dict({"colour": "hsv"})
     with pytest.raises(ValueError, match="colour_spaces"):
         ProposalSettings(colour_spaces=("xyz",))
-    with pytest.raises(ValueError, match="gray_scales"):
-        ProposalSettings(gray_scales=())
     with pytest.raises(ValueError, match="similarities"):
         ProposalSettings(similarities=("cq",))
     with pytest.raises(ValueError, match="dedup_iou"):
