@@ -78,7 +78,7 @@ class TrainConfig:
     preset: str = setting(
         "tiny",
         "Size of the Mask R-CNN and default schedule: tiny (ResNet-18, CPU-friendly; a short "
-        "schedule: on 2 CPU cores 100 images of 256 px train from masks in about 5 minutes, "
+        "schedule: on 2 CPU cores 100 images of 256 px train from masks in about 2 minutes, "
         "from tags in 4.5 to 7), small "
         "(ResNet-18 at half resolution), paper (ResNet-50-FPN, torchvision's defaults).",
         choices=tuple(SCHEDULES),
