@@ -7,7 +7,7 @@ and CPU time of the process, which a busy machine disturbs less), mask recall (o
 recall (both) of the ground-truth instances at IoU 0.5 and 0.7, and the number of proposals.
 OpenCV's box recall is given for all its boxes and for its first as many boxes as we return.
 With `--grayscale` the scenes are converted to gray (kept as three equal channels) first;
-`--family photos` renders the photographic scenes of `discoseg make-data --family photos`.
+`--family photos` or `--family glyphs` renders the scenes of that `discoseg make-data` family.
 
     .venv/bin/python bench/proposals.py --n 20 --size 512 --seed 0
 """

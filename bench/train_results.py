@@ -28,6 +28,7 @@ from PIL import Image
 
 from models.thresholds import SCORE_THRESHOLD
 from training.config import SCHEDULES
+from training.make_data_command import FAMILIES
 
 
 def runs() -> dict[str, list[str]]:
@@ -177,7 +178,7 @@ def summary(name: str, rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=Path("runs/results"))
-    parser.add_argument("--family", choices=("shapes", "photos"), default="shapes")
+    parser.add_argument("--family", choices=tuple(FAMILIES), default="shapes")
     parser.add_argument("--n", type=int, default=125)
     parser.add_argument("--val-fraction", type=float, default=0.2)
     parser.add_argument("--size", type=int, default=256)

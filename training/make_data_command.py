@@ -5,11 +5,12 @@ from typing import Annotated
 
 import typer
 
+from training.data.glyph_scenes import GLYPHS
 from training.data.photo_scenes import PHOTOS
 from training.data.synthetic import SHAPES, generate_dataset
 from training.errors import fail
 
-FAMILIES = {"shapes": SHAPES, "photos": PHOTOS}
+FAMILIES = {"shapes": SHAPES, "photos": PHOTOS, "glyphs": GLYPHS}
 
 
 def make_data(
@@ -34,9 +35,10 @@ def make_data(
         str,
         typer.Option(
             "--family",
-            metavar="shapes|photos",
+            metavar="shapes|photos|glyphs",
             help="shapes: six geometric shapes in procedural textures; photos: five other "
-            "shapes (a horse among them) filled with photographic textures on photographs.",
+            "shapes (a horse among them) filled with photographic textures on photographs; "
+            "glyphs: arrows, Ls, Ts, diamonds and half-discs painted either way.",
         ),
     ] = "shapes",
 ) -> None:

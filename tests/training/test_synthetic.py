@@ -1,12 +1,15 @@
 import json
 
+import cv2
 import numpy as np
 import pytest
 from pycocotools.coco import COCO
 from typer.testing import CliRunner
 
 from training.cli import app
+from training.data.glyph_scenes import GLYPH_CLASSES, glyph_mask
 from training.data.synthetic import CLASSES, generate_dataset, render_scene
+from training.make_data_command import FAMILIES
 
 SIZE = 64
 
@@ -161,3 +164,38 @@ def test_make_data_help_explains_every_option():
     assert result.exit_code == 0
     for option in ("--n", "--size", "--seed", "--val-fraction"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("name", ["photos", "glyphs"])
+def test_every_family_renders_each_of_its_classes_as_one_visible_object(name):
+    family = FAMILIES[name]
+    scenes = [render_scene(np.random.default_rng(seed), 96, family) for seed in range(40)]
+    assert {label for scene in scenes for label in scene.labels} == set(
+        range(1, len(family.classes) + 1)
+    )
+    for scene in scenes:
+        assert scene.image.shape == (96, 96, 3)
+        assert scene.masks.reshape(len(scene.labels), -1).any(axis=1).all()
+        assert scene.masks.sum(axis=0).max() <= 1
+
+
+def test_make_data_cli_writes_the_family_s_classes(tmp_path):
+    result = CliRunner().invoke(
+        app, ["make-data", str(tmp_path), "--n", "2", "--size", "48", "--family", "glyphs"]
+    )
+    assert result.exit_code == 0, result.output
+    categories = json.loads((tmp_path / "train.json").read_text())["categories"]
+    assert [c["name"] for c in categories] == GLYPH_CLASSES
+
+
+def test_glyphs_are_non_convex_outlines_except_the_diamond_and_half_disc():
+    rng = np.random.default_rng(0)
+    for name in GLYPH_CLASSES:
+        for _ in range(20):
+            mask = glyph_mask(rng, name, 128, 64.0, 64.0, 40.0)
+            contours = cv2.findContours(
+                mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE
+            )[0]
+            assert len(contours) == 1, name
+            solidity = mask.sum() / cv2.contourArea(cv2.convexHull(contours[0]))
+            assert (solidity < 0.87) == (name in ("arrow", "ell", "tee")), (name, solidity)

@@ -11,7 +11,9 @@ from about 1/10 to 1/2 of the image side. Everything is a deterministic function
   procedural textures between two random colours;
 - `photos` (`training.data.photo_scenes`): other shapes, an animal silhouette among them,
   filled with photographic textures on photographs, a family kept for measuring how results
-  carry over to images nobody tuned on.
+  carry over to images nobody tuned on;
+- `glyphs` (`training.data.glyph_scenes`): arrows, Ls, Ts, diamonds and half-discs, painted
+  either way, classes whose parts look alike.
 """
 
 import json
@@ -143,7 +145,7 @@ def _texture_field(rng: np.random.Generator, size: int) -> np.ndarray:
     return np.clip(field, 0, 1).astype(np.float32)
 
 
-def _paint(rng: np.random.Generator, size: int, avoid: np.ndarray | None) -> np.ndarray:
+def paint_texture(rng: np.random.Generator, size: int, avoid: np.ndarray | None) -> np.ndarray:
     """float32[size, size, 3]: a texture between two random colours.
 
     The mean colour is kept at least `MIN_COLOUR_CONTRAST` away from `avoid` (the background's
@@ -158,7 +160,7 @@ def _paint(rng: np.random.Generator, size: int, avoid: np.ndarray | None) -> np.
     return colours[0] * (1 - field) + colours[1] * field
 
 
-SHAPES = SceneFamily(classes=CLASSES, shape_mask=_shape_mask, paint=_paint)
+SHAPES = SceneFamily(classes=CLASSES, shape_mask=_shape_mask, paint=paint_texture)
 
 
 def render_scene(rng: np.random.Generator, size: int, family: SceneFamily = SHAPES) -> Scene:
