@@ -13,7 +13,7 @@ import math
 import numpy as np
 
 from training.data.photo_scenes import paint_photo
-from training.data.synthetic import SceneFamily, paint_texture, polygon_mask
+from training.data.synthetic import SceneFamily, paint_texture, polygon_mask, rotation_matrix
 
 GLYPH_CLASSES: list[str] = ["arrow", "ell", "tee", "diamond", "half-disc"]
 
@@ -75,8 +75,7 @@ def glyph_mask(
 ) -> np.ndarray:
     """bool[size, size]: a glyph of the class of radius about r at (cx, cy), turned at random."""
     outline = _outline(class_name, rng) * r
-    theta = rng.uniform(0, 2 * math.pi)
-    rotation = np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+    rotation = rotation_matrix(rng.uniform(0, 2 * math.pi))
     return polygon_mask(size, outline @ rotation.T + np.array([cx, cy]))
 
 

@@ -21,6 +21,7 @@ from training.data.synthetic import (
     SceneFamily,
     polygon_mask,
     regular_points,
+    rotation_matrix,
 )
 
 PHOTO_CLASSES: list[str] = ["horse", "ellipse", "hexagon", "heart", "crescent"]
@@ -101,8 +102,7 @@ def photo_shape_mask(
         y = -(13 * np.cos(t) - 5 * np.cos(2 * t) - 2 * np.cos(3 * t) - np.cos(4 * t))
         points = np.stack([x, y], axis=1) * (r / 17.0)
         tilt = rng.uniform(-0.5, 0.5)
-        rotation = np.array([[math.cos(tilt), -math.sin(tilt)], [math.sin(tilt), math.cos(tilt)]])
-        return polygon_mask(size, points @ rotation.T + np.array([cx, cy]))
+        return polygon_mask(size, points @ rotation_matrix(tilt).T + np.array([cx, cy]))
     if class_name == "crescent":
         ys, xs = np.mgrid[0:size, 0:size]
         outer = (xs - cx) ** 2 + (ys - cy) ** 2 <= r**2

@@ -81,6 +81,11 @@ def regular_points(
     return np.stack([cx + radii * np.cos(angles), cy + radii * np.sin(angles)], axis=1)
 
 
+def rotation_matrix(theta: float) -> np.ndarray:
+    """float[2, 2]: the rotation by theta radians, for (x, y) row vectors as `points @ R.T`."""
+    return np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]])
+
+
 def _shape_mask(
     rng: np.random.Generator, class_name: str, size: int, cx: float, cy: float, r: float
 ) -> np.ndarray:
@@ -107,8 +112,7 @@ def _shape_mask(
              (-arm, -r), (-arm, -arm), (-r, -arm), (-r, arm), (-arm, arm), (-arm, r)]
         )
         scale = r / math.hypot(r, arm)  # so the farthest corner lies at radius r
-        rotation = np.array([[math.cos(theta), -math.sin(theta)],
-                             [math.sin(theta), math.cos(theta)]])
+        rotation = rotation_matrix(theta)
         return polygon_mask(size, unit * scale @ rotation.T + np.array([cx, cy]))
     raise ValueError(f"unknown shape class {class_name!r}")
 
